@@ -1,0 +1,18 @@
+"""Quantizer maths (pure functions) and quantizer modules."""
+from .activation import (ACTIVATION_QUANTIZERS, DEFAULT_CANDIDATES, KINDS, METHODS,
+                         ActivationQuantizer, IGQQuantizer, PerTensorQuantizer,
+                         StaticGroupQuantizer, UpperBoundQuantizer,
+                         build_activation_quantizer, check_method)
+from .mode import QuantMode, mode_modules, parse_mode, quant_mode, set_mode
+from .primitives import (MAX_BITS, MIN_BITS, check_bits, dequantize, fake_quantize,
+                         fake_quantize_bounds, qmax, qparams_from_bounds, quantize)
+from .weight import DEFAULT_PERCENTILES, WeightQuantizer, search_weight_qparams
+
+__all__ = [
+    'ACTIVATION_QUANTIZERS', 'DEFAULT_CANDIDATES', 'KINDS', 'METHODS', 'ActivationQuantizer',
+    'IGQQuantizer', 'PerTensorQuantizer', 'StaticGroupQuantizer', 'UpperBoundQuantizer',
+    'build_activation_quantizer', 'check_method', 'QuantMode', 'mode_modules', 'parse_mode',
+    'quant_mode', 'set_mode', 'MAX_BITS', 'MIN_BITS', 'check_bits', 'dequantize',
+    'fake_quantize', 'fake_quantize_bounds', 'qmax', 'qparams_from_bounds', 'quantize',
+    'DEFAULT_PERCENTILES', 'WeightQuantizer', 'search_weight_qparams'
+]

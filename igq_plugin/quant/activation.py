@@ -1,0 +1,432 @@
+"""Activation quantizers: IGQ groups and the baselines, with one interface.
+
+Every quantizer is called like a function on the activation. Its behaviour follows
+the mode switch (:mod:`igq_plugin.quant.mode`): in ``CALIBRATE`` mode it records
+range statistics of every batch (never the activations themselves), ``finalize()``
+turns them into parameters, and in ``QUANTIZED`` mode it fake-quantizes.
+
+Two kinds of item are grouped:
+
+- ``'channel'``: the channels of a Linear/conv input or of Q/K/V. Statistics are
+  per instance (image) and channel (:func:`~igq_plugin.grouping.instance_channel_ranges`).
+- ``'softmax'``: the rows of a softmax attention map ``[..., N]``; rows are
+  non-negative, so every group has ``l_g = 0`` and rows are grouped by their max.
+
+Methods (method doc, section 7): ``per-tensor``, ``static-group``, ``igq-fixed`` /
+``igq`` (the same quantizer; ``igq`` also runs the group-size allocation) and
+``upper-bound``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..grouping import (assign_groups, check_channel_dim, check_distance, check_groups,
+                        expand_to_view, fit_group_ranges, instance_channel_ranges,
+                        instance_view, softmax_rows)
+from .mode import ModeSwitchMixin, QuantMode
+from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams_from_bounds
+
+KINDS = ('channel', 'softmax')
+DEFAULT_CANDIDATES = (1, 2, 4, 8, 12, 16)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class ActivationQuantizer(ModeSwitchMixin, nn.Module):
+    """Base class: mode handling, input checks and calibration bookkeeping.
+
+    Args:
+        bits: activation bit-width (2..16).
+        channels: channel count ``C`` for ``kind='channel'``; ignored for softmax.
+        kind: ``'channel'`` or ``'softmax'``.
+        channel_dim: ``-1`` for tokens-last inputs ``[B', ..., C]``, ``1`` for
+            channels-first inputs ``[B, C, H, W]``.
+
+    Attributes:
+        num_instances: images in the current batch. ``None`` treats every leading
+            index of the input as its own instance; wrappers of windowed attention set
+            it so that the windows of one image form one instance.
+        layer_name: name used in error messages and reports (set by model conversion).
+    """
+
+    method = 'base'
+
+    def __init__(self, bits: int, channels: int | None = None, kind: str = 'channel',
+                 channel_dim: int = -1):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f'kind={kind!r} is not supported: allowed are {KINDS}')
+        if kind == 'channel' and (not isinstance(channels, int) or channels < 1):
+            raise ValueError(f'channels={channels!r}: a channel quantizer needs a '
+                             f'positive channel count')
+        self.bits = check_bits(bits, 'a_bits')
+        self.kind = kind
+        self.channels = channels if kind == 'channel' else None
+        self.channel_dim = check_channel_dim(channel_dim)
+        self.num_instances: int | None = None
+        self.layer_name = ''
+        self.observed_batches = 0
+        self.last_input_shape: tuple[int, ...] | None = None
+        self.register_buffer('calibrated', torch.tensor(False))
+
+    # -- mode dispatch -------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity (float), identity plus statistics (calibrate) or fake-quantize."""
+        if self.mode is QuantMode.FLOAT:
+            return x
+        if self.mode is QuantMode.CALIBRATE:
+            self._observe_checked(x.detach())
+            return x
+        if not bool(self.calibrated):
+            raise RuntimeError(f'{self._label()} used in quantized mode before '
+                               f'calibration: calibrate (or load a calibrated state) first')
+        return self.quantize(x)
+
+    def _label(self) -> str:
+        return f'{type(self).__name__}({self.layer_name or self.kind})'
+
+    def _observe_checked(self, x: torch.Tensor) -> None:
+        if self.kind == 'channel' and x.shape[self.channel_dim] != self.channels:
+            raise ValueError(f'{self._label()} was built for {self.channels} channels but got '
+                             f'an input of shape {tuple(x.shape)}')
+        if not torch.isfinite(x).all():
+            raise ValueError(f'{self._label()}: calibration activations contain NaN or Inf '
+                             f'(input shape {tuple(x.shape)}); check the model and images')
+        self.observe(x)
+        self.observed_batches += 1
+        self.last_input_shape = tuple(x.shape)
+
+    # -- calibration -----------------------------------------------------------------
+    def finalize(self) -> None:
+        """Turn the recorded statistics into quantizer parameters.
+
+        Raises:
+            ValueError: when no batch was observed (empty calibration set).
+        """
+        if self.observed_batches == 0:
+            raise ValueError(f'{self._label()}: empty calibration, no batch was observed; '
+                             f'calibrate on at least one image')
+        self.compute_parameters()
+        self.calibrated.fill_(True)
+
+    def sync_statistics(self) -> None:
+        """Merge statistics across processes so every rank computes the same parameters."""
+        if not _distributed():
+            return
+        count = torch.tensor([self.observed_batches], dtype=torch.long)
+        dist.all_reduce(count)
+        self.observed_batches = int(count)
+        self.merge_statistics()
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Accumulate statistics of one batch (no activation is kept)."""
+        raise NotImplementedError
+
+    def compute_parameters(self) -> None:
+        """Compute parameters from the accumulated statistics."""
+        raise NotImplementedError
+
+    def merge_statistics(self) -> None:
+        """Distributed merge of the statistics (called only when distributed)."""
+        raise NotImplementedError
+
+    def reset_statistics(self) -> None:
+        """Forget recorded statistics (parameters are kept)."""
+        self.observed_batches = 0
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` with calibrated parameters."""
+        raise NotImplementedError
+
+    # -- helpers shared by subclasses -----------------------------------------------------
+    def _item_ranges(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-item ranges: ``[I, C]`` for channels, ``[R]`` rows (lower = 0) for softmax."""
+        if self.kind == 'channel':
+            return instance_channel_ranges(x, self.channel_dim, self.num_instances)
+        upper = softmax_rows(x).amax(dim=-1)
+        return torch.zeros_like(upper), upper
+
+    def _fake_quantize_items(self, x: torch.Tensor, scale: torch.Tensor,
+                             zero: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize with per-item parameters as returned by :meth:`_item_ranges`."""
+        if self.kind == 'channel':
+            view = instance_view(x, self.channel_dim, self.num_instances)
+            return fake_quantize(view, expand_to_view(scale, self.channel_dim),
+                                 expand_to_view(zero, self.channel_dim), self.bits).view(x.shape)
+        rows = softmax_rows(x)
+        return fake_quantize(rows, scale.unsqueeze(-1), zero.unsqueeze(-1),
+                             self.bits).view(x.shape)
+
+    def _channel_shape(self) -> tuple[int, ...]:
+        """Shape that broadcasts a ``[C]`` vector along the channel dimension."""
+        return (-1,) if self.channel_dim == -1 else (-1, 1, 1)
+
+    def extra_repr(self) -> str:
+        items = f'channels={self.channels}' if self.kind == 'channel' else 'softmax rows'
+        return f'method={self.method}, a_bits={self.bits}, {items}'
+
+
+class _MinMaxStatistics(ActivationQuantizer):
+    """Running element-wise min/max statistics (shared by two baselines)."""
+
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1):
+        super().__init__(bits, channels, kind, channel_dim)
+        size = self.channels if self.kind == 'channel' and self.per_channel_stats else 1
+        self.register_buffer('running_min', torch.full((size,), float('inf')), persistent=False)
+        self.register_buffer('running_max', torch.full((size,), float('-inf')), persistent=False)
+
+    per_channel_stats = False
+
+    def observe(self, x):
+        if self.kind == 'channel' and self.per_channel_stats:
+            lower, upper = instance_channel_ranges(x, self.channel_dim, self.num_instances)
+            lower, upper = lower.amin(0), upper.amax(0)
+        else:
+            lower, upper = torch.aminmax(x)
+        torch.minimum(self.running_min, lower.float(), out=self.running_min)
+        torch.maximum(self.running_max, upper.float(), out=self.running_max)
+
+    def merge_statistics(self):
+        dist.all_reduce(self.running_min, op=dist.ReduceOp.MIN)
+        dist.all_reduce(self.running_max, op=dist.ReduceOp.MAX)
+
+    def reset_statistics(self):
+        super().reset_statistics()
+        self.running_min.fill_(float('inf'))
+        self.running_max.fill_(float('-inf'))
+
+
+class PerTensorQuantizer(_MinMaxStatistics):
+    """One quantizer per layer with the min/max over all calibration data."""
+
+    method = 'per-tensor'
+
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1):
+        super().__init__(bits, channels, kind, channel_dim)
+        self.register_buffer('lower', torch.zeros(()))
+        self.register_buffer('upper', torch.zeros(()))
+
+    def compute_parameters(self):
+        self.lower.copy_(self.running_min.squeeze())
+        self.upper.copy_(self.running_max.squeeze())
+
+    def quantize(self, x):
+        return fake_quantize_bounds(x, self.lower, self.upper, self.bits)
+
+
+class StaticGroupQuantizer(_MinMaxStatistics):
+    """G groups of consecutive channels, bounds fixed at calibration.
+
+    Channel ``c`` belongs to group ``c * G // C``. For softmax maps rows have no fixed
+    identity across inputs, so this baseline uses a single static range [choice].
+
+    Args:
+        groups: G, in ``1..channels``.
+    """
+
+    method = 'static-group'
+    per_channel_stats = True
+
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8):
+        super().__init__(bits, channels, kind, channel_dim)
+        self.groups = check_groups(groups, self.channels) if self.kind == 'channel' else 1
+        size = self.channels if self.kind == 'channel' else 1
+        self.register_buffer('channel_lower', torch.zeros(size))
+        self.register_buffer('channel_upper', torch.zeros(size))
+
+    def channel_groups(self) -> torch.Tensor:
+        """``[C]`` group index of every channel (consecutive blocks)."""
+        size = self.channel_lower.numel()
+        return torch.arange(size, device=self.channel_lower.device) * self.groups // size
+
+    def compute_parameters(self):
+        index = self.channel_groups()
+        group_min = torch.full((self.groups,), float('inf'), device=index.device)
+        group_max = torch.full((self.groups,), float('-inf'), device=index.device)
+        group_min.scatter_reduce_(0, index, self.running_min, 'amin')
+        group_max.scatter_reduce_(0, index, self.running_max, 'amax')
+        self.channel_lower.copy_(group_min[index])
+        self.channel_upper.copy_(group_max[index])
+
+    def quantize(self, x):
+        shape = self._channel_shape() if self.kind == 'channel' else ()
+        lower = self.channel_lower.view(shape) if shape else self.channel_lower.squeeze()
+        upper = self.channel_upper.view(shape) if shape else self.channel_upper.squeeze()
+        return fake_quantize_bounds(x, lower, upper, self.bits)
+
+    def extra_repr(self):
+        return super().extra_repr() + f', groups={self.groups}'
+
+
+class IGQQuantizer(ActivationQuantizer):
+    """Instance-aware group quantizer (method doc, sections 3 and 4).
+
+    At run time every item (channel of one instance, or softmax row) is assigned to
+    the group whose calibrated range is nearest to the item's own range, and quantized
+    with that group's scale and zero point. Parameters are calibrated for every
+    candidate group count, so the group-size allocation can switch ``groups`` without
+    calibrating again.
+
+    Args:
+        groups: active G (must be one of the usable candidates).
+        candidates: group counts calibrated; counts above ``channels`` are dropped.
+        distance: ``'l2'`` or ``'l1'`` range distance.
+        max_iter: alternating calibration rounds.
+    """
+
+    method = 'igq'
+
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
+                 candidates: Sequence[int] = DEFAULT_CANDIDATES, distance: str = 'l2',
+                 max_iter: int = 20):
+        super().__init__(bits, channels, kind, channel_dim)
+        limit = self.channels if self.kind == 'channel' else max(max(candidates), groups)
+        check_groups(groups, limit)
+        for g in candidates:
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ValueError(f'candidates={tuple(candidates)!r}: every candidate must be '
+                                 f'a positive integer')
+        usable = sorted({g for g in candidates if g <= limit} | {groups})
+        self.distance = check_distance(distance)
+        self.max_iter = int(max_iter)
+        self.register_buffer('candidate_groups', torch.tensor(usable, dtype=torch.long))
+        self.register_buffer('groups', torch.tensor(groups, dtype=torch.long))
+        self.register_buffer('group_lower', torch.zeros(len(usable), max(usable)))
+        self.register_buffer('group_upper', torch.zeros(len(usable), max(usable)))
+        self._pairs_lower: list[torch.Tensor] = []
+        self._pairs_upper: list[torch.Tensor] = []
+        self.fit_iterations: dict[int, int] = {}
+
+    @property
+    def candidates(self) -> tuple[int, ...]:
+        """Group counts with calibrated parameters."""
+        return tuple(self.candidate_groups.tolist())
+
+    def set_groups(self, groups: int) -> None:
+        """Select the active group count (one of :attr:`candidates`)."""
+        if groups not in self.candidates:
+            raise ValueError(f'{self._label()}: groups={groups!r} was not calibrated: '
+                             f'allowed are {self.candidates}')
+        self.groups.fill_(groups)
+
+    def observe(self, x):
+        lower, upper = self._item_ranges(x)
+        self._pairs_lower.append(lower.reshape(-1).float().cpu())
+        self._pairs_upper.append(upper.reshape(-1).float().cpu())
+
+    def merge_statistics(self):
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (torch.cat(self._pairs_lower),
+                                          torch.cat(self._pairs_upper)))
+        self._pairs_lower = [pair[0] for pair in gathered]
+        self._pairs_upper = [pair[1] for pair in gathered]
+
+    def reset_statistics(self):
+        super().reset_statistics()
+        self._pairs_lower, self._pairs_upper = [], []
+
+    def pooled_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All recorded item ranges ``([P], [P])`` in observation order."""
+        return torch.cat(self._pairs_lower), torch.cat(self._pairs_upper)
+
+    def compute_parameters(self):
+        lower, upper = self.pooled_ranges()
+        self.group_lower.zero_()
+        self.group_upper.zero_()
+        for row, groups in enumerate(self.candidates):
+            fit = fit_group_ranges(lower, upper, groups, self.max_iter, self.distance)
+            self.group_lower[row, :groups] = fit.lower
+            self.group_upper[row, :groups] = fit.upper
+            self.fit_iterations[groups] = fit.iterations
+
+    def active_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([G], [G])`` bounds of the active group count."""
+        groups = int(self.groups)
+        row = self.candidates.index(groups)
+        return self.group_lower[row, :groups], self.group_upper[row, :groups]
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """Group index of every item of ``x``: ``[I, C]`` (channels) or ``[R]`` (rows)."""
+        lower, upper = self._item_ranges(x)
+        group_lower, group_upper = self.active_ranges()
+        return assign_groups(lower, upper, group_lower, group_upper, self.distance)
+
+    def quantize(self, x):
+        group_lower, group_upper = self.active_ranges()
+        scale, zero = qparams_from_bounds(group_lower, group_upper, self.bits)
+        index = self.assign(x)
+        return self._fake_quantize_items(x, scale[index], zero[index])
+
+    def extra_repr(self):
+        return (super().extra_repr() + f', groups={int(self.groups)}, '
+                f'candidates={self.candidates}, distance={self.distance}')
+
+
+class UpperBoundQuantizer(ActivationQuantizer):
+    """One quantizer per item, computed per instance: each channel of each image (or
+    each softmax row) gets its own min/max. Not deployable; the accuracy ceiling of
+    grouping."""
+
+    method = 'upper-bound'
+
+    def observe(self, x):
+        pass
+
+    def merge_statistics(self):
+        pass
+
+    def compute_parameters(self):
+        pass
+
+    def quantize(self, x):
+        lower, upper = self._item_ranges(x)
+        scale, zero = qparams_from_bounds(lower, upper, self.bits)
+        return self._fake_quantize_items(x, scale, zero)
+
+
+ACTIVATION_QUANTIZERS = {
+    'per-tensor': PerTensorQuantizer,
+    'static-group': StaticGroupQuantizer,
+    'igq-fixed': IGQQuantizer,
+    'igq': IGQQuantizer,
+    'upper-bound': UpperBoundQuantizer,
+}
+METHODS = tuple(ACTIVATION_QUANTIZERS)
+
+
+def check_method(method: str) -> str:
+    """Validate an activation-quantization method name."""
+    if method not in ACTIVATION_QUANTIZERS:
+        raise ValueError(f'method={method!r} is not an activation quantizer: allowed are '
+                         f'{METHODS}')
+    return method
+
+
+def build_activation_quantizer(method: str, bits: int, channels: int | None = None,
+                               kind: str = 'channel', channel_dim: int = -1, groups: int = 8,
+                               candidates: Sequence[int] = DEFAULT_CANDIDATES,
+                               distance: str = 'l2') -> ActivationQuantizer:
+    """Build the activation quantizer named ``method``.
+
+    The grouping options are ignored by methods without groups.
+
+    Example:
+        >>> q = build_activation_quantizer('igq', 4, channels=16, groups=4)
+        >>> q.candidates
+        (1, 2, 4, 8, 12, 16)
+    """
+    cls = ACTIVATION_QUANTIZERS[check_method(method)]
+    if cls is StaticGroupQuantizer:
+        return cls(bits, channels, kind, channel_dim, groups=groups)
+    if cls is IGQQuantizer:
+        quantizer = cls(bits, channels, kind, channel_dim, groups=groups,
+                        candidates=candidates, distance=distance)
+        quantizer.method = method
+        return quantizer
+    return cls(bits, channels, kind, channel_dim)

@@ -1,0 +1,139 @@
+"""Uniform asymmetric quantization as pure functions over tensors.
+
+A ``b``-bit quantizer with bounds ``[l, u]`` has (method doc, section 2)::
+
+    s = (u - l) / (2^b - 1)
+    z = clamp(round(-l / s), 0, 2^b - 1)
+    q = clamp(round(x / s) + z, 0, 2^b - 1)
+    x_hat = s * (q - z)
+
+"What shares a scale" is expressed only by the shape of ``scale`` and
+``zero_point``: a scalar (per tensor), a vector broadcast along one dimension (per
+channel), or a tensor gathered per instance and channel from G group quantizers
+(per group). All functions broadcast, so one implementation serves every variant.
+
+Rounding multiplies by ``1 / s`` (as PyTorch's own fake-quantize kernels do), so
+the results agree bit for bit with ``torch.fake_quantize_per_*_affine``.
+"""
+from __future__ import annotations
+
+import torch
+
+MIN_BITS = 2
+MAX_BITS = 16
+# Smallest scale: keeps a constant channel (u == l) finite instead of dividing by 0.
+MIN_SCALE = 1e-8
+
+
+def check_bits(bits: int, what: str = 'bits') -> int:
+    """Validate a bit-width.
+
+    Args:
+        bits: requested bit-width.
+        what: name used in the error message (e.g. ``'a_bits'``).
+
+    Returns:
+        ``bits`` as an ``int``.
+
+    Raises:
+        ValueError: when ``bits`` is not an integer in ``[2, 16]``.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f'{what}={bits!r} is not supported: allowed are integers '
+                         f'{MIN_BITS}..{MAX_BITS}')
+    return int(bits)
+
+
+def qmax(bits: int) -> int:
+    """Largest integer code of an unsigned ``bits``-bit quantizer (``2^b - 1``)."""
+    return (1 << bits) - 1
+
+
+def qparams_from_bounds(lower: torch.Tensor, upper: torch.Tensor,
+                        bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the asymmetric quantizer covering ``[lower, upper]``.
+
+    The range is first widened to contain 0 so that 0 is exactly representable
+    (zero padding and ReLU outputs stay exact), as PyTorch's observers do.
+
+    Args:
+        lower: lower bounds, any shape.
+        upper: upper bounds, same shape as ``lower``.
+        bits: bit-width in ``[2, 16]``.
+
+    Returns:
+        ``(scale, zero_point)``, both float tensors of the shape of ``lower``;
+        ``zero_point`` holds integers in ``[0, 2^b - 1]``.
+    """
+    levels = qmax(check_bits(bits))
+    lower = torch.clamp(lower, max=0.0)
+    upper = torch.clamp(upper, min=0.0)
+    scale = torch.clamp((upper - lower) / levels, min=MIN_SCALE)
+    zero_point = torch.clamp(torch.round(-lower * (1.0 / scale)), 0, levels)
+    return scale, zero_point
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+             bits: int) -> torch.Tensor:
+    """Integer codes ``q = clamp(round(x / s) + z, 0, 2^b - 1)`` (as a float tensor).
+
+    Args:
+        x: input, any shape.
+        scale: broadcastable to ``x``.
+        zero_point: broadcastable to ``x``.
+        bits: bit-width.
+
+    Returns:
+        Codes of the broadcast shape, dtype of ``x``.
+    """
+    return torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, 0, qmax(bits))
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """``x_hat = s * (q - z)``, broadcasting as :func:`quantize`."""
+    return (q - zero_point) * scale
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Round with the straight-through gradient (identity)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return grad
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                  bits: int) -> torch.Tensor:
+    """Quantize then dequantize, differentiable with a straight-through estimator.
+
+    The gradient w.r.t. ``x`` is 1 inside the representable range and 0 where the
+    code is clamped, as in ``torch.fake_quantize_per_tensor_affine``.
+
+    Args:
+        x: input, any shape.
+        scale: broadcastable to ``x``.
+        zero_point: broadcastable to ``x``.
+        bits: bit-width.
+
+    Returns:
+        ``x_hat`` with the broadcast shape of the inputs.
+
+    Example:
+        >>> x = torch.tensor([-1.0, 0.0, 0.26, 3.0])
+        >>> s, z = qparams_from_bounds(torch.tensor(-1.0), torch.tensor(2.0), 2)
+        >>> fake_quantize(x, s, z, 2)
+        tensor([-1., 0., 0., 2.])
+    """
+    codes = torch.clamp(_RoundSTE.apply(x * (1.0 / scale)) + zero_point, 0, qmax(bits))
+    return (codes - zero_point) * scale
+
+
+def fake_quantize_bounds(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                         bits: int) -> torch.Tensor:
+    """:func:`fake_quantize` with the quantizer given by its bounds ``[lower, upper]``."""
+    scale, zero_point = qparams_from_bounds(lower, upper, bits)
+    return fake_quantize(x, scale, zero_point, bits)
