@@ -20,8 +20,8 @@ class GroupFit:
     """Result of :func:`fit_group_ranges`.
 
     Attributes:
-        lower: ``[G]`` group lower bounds ``l_g``.
-        upper: ``[G]`` group upper bounds ``u_g``.
+        lower: ``[G]`` group centres ``l_g`` (mean of the assigned minima).
+        upper: ``[G]`` group centres ``u_g`` (mean of the assigned maxima).
         assignment: ``[P]`` final group of every pooled pair.
         iterations: assignment/update rounds run.
         converged: whether the last round changed no assignment.
@@ -32,6 +32,20 @@ class GroupFit:
     assignment: torch.Tensor
     iterations: int
     converged: bool
+
+    def envelope(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([G], [G])``: min of the assigned minima and max of the assigned maxima.
+
+        Args:
+            lower: the ``[P]`` minima the fit was computed on.
+            upper: the ``[P]`` maxima the fit was computed on.
+        """
+        groups = self.lower.numel()
+        env_lower = torch.full((groups,), float('inf'), dtype=lower.dtype)
+        env_upper = torch.full((groups,), float('-inf'), dtype=upper.dtype)
+        env_lower.scatter_reduce_(0, self.assignment, lower.reshape(-1), 'amin')
+        env_upper.scatter_reduce_(0, self.assignment, upper.reshape(-1), 'amax')
+        return env_lower, env_upper
 
 
 def check_groups(groups: int, items: int) -> int:

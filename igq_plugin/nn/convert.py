@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 from torch import nn
 
 from ..grouping import check_distance
-from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, ActivationQuantizer,
+from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS, ActivationQuantizer,
                      IGQQuantizer, build_activation_quantizer, check_bits, check_method)
 from .layers import QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax
 
@@ -32,6 +32,8 @@ class QuantConfig:
             3 channels of an image input) [choice].
         candidates: group counts calibrated for the allocation.
         distance: ``'l2'`` or ``'l1'`` range distance of the assignment.
+        bounds: IGQ group quantization range, ``'mean'`` (method doc) or
+            ``'envelope'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
         attention: also quantize Q/K/V operands and the softmax attention.
         first_layer_bits: bits of the first layer's weights and input [choice: 8].
         weight_percentiles: clipping percentiles searched per weight channel.
@@ -43,6 +45,7 @@ class QuantConfig:
     groups: int = 8
     candidates: Sequence[int] = DEFAULT_CANDIDATES
     distance: str = 'l2'
+    bounds: str = 'mean'
     attention: bool = True
     first_layer_bits: int = 8
     weight_percentiles: Sequence[float] = field(default=DEFAULT_PERCENTILES)
@@ -53,6 +56,8 @@ class QuantConfig:
         check_bits(self.a_bits, 'a_bits')
         check_bits(self.first_layer_bits, 'first_layer_bits')
         check_distance(self.distance)
+        if self.bounds not in GROUP_BOUNDS:
+            raise ValueError(f'bounds={self.bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
             raise ValueError(f'groups={self.groups!r}: must be a positive integer')
         candidates = tuple(self.candidates)
@@ -67,7 +72,25 @@ class QuantConfig:
         """Build this config's activation quantizer for one layer."""
         groups = self.groups if channels is None else min(self.groups, channels)
         return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
-                                          groups, self.candidates, self.distance)
+                                          groups, self.candidates, self.distance, self.bounds)
+
+
+# Float layer classes converted, by the wrapper they become. Subclasses that only add
+# behaviour irrelevant to quantization (e.g. mmcv's empty-tensor ``Linear``) are
+# added by :func:`register_float_layer`; other subclasses are left alone, since a
+# custom ``forward`` (e.g. adaptive padding) would be lost by the swap.
+FLOAT_LINEAR_TYPES: set[type] = {nn.Linear}
+FLOAT_CONV_TYPES: set[type] = {nn.Conv2d}
+
+
+def register_float_layer(cls: type) -> None:
+    """Allow conversion of a Linear/Conv2d subclass whose ``forward`` is equivalent."""
+    if issubclass(cls, nn.Linear):
+        FLOAT_LINEAR_TYPES.add(cls)
+    elif issubclass(cls, nn.Conv2d):
+        FLOAT_CONV_TYPES.add(cls)
+    else:
+        raise TypeError(f'{cls.__name__} is neither an nn.Linear nor an nn.Conv2d subclass')
 
 
 def _parent_and_attr(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -127,7 +150,7 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
                  bits: int | None) -> nn.Module | None:
     w_bits = bits or config.w_bits
     a_bits = bits or config.a_bits
-    if type(module) is nn.Linear:
+    if type(module) in FLOAT_LINEAR_TYPES:
         output_quantizer = None
         if config.attention and _is_fused_qkv(name, module, parent):
             channels = module.out_features // 3
@@ -138,7 +161,7 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
             module, w_bits=w_bits, output_quantizer=output_quantizer,
             input_quantizer=config.activation_quantizer(a_bits, module.in_features),
             weight_percentiles=config.weight_percentiles)
-    elif type(module) is nn.Conv2d:
+    elif type(module) in FLOAT_CONV_TYPES:
         new = QuantConv2d.from_float(
             module, w_bits=w_bits,
             input_quantizer=config.activation_quantizer(a_bits, module.in_channels,
@@ -171,11 +194,14 @@ def set_num_instances(model: nn.Module, num_instances: int | None) -> None:
         quantizer.num_instances = num_instances
 
 
-def finalize_calibration(model: nn.Module) -> None:
+def finalize_calibration(model: nn.Module, sync: bool = True) -> None:
     """Fit weight quantizers and turn activation statistics into parameters.
 
-    Under ``torch.distributed`` the statistics are merged first, so every rank ends
-    with identical parameters.
+    Args:
+        model: the calibrated module tree.
+        sync: under ``torch.distributed``, merge the statistics of all ranks first
+            so every rank ends with identical parameters. Every rank must call it
+            then; pass ``False`` when one rank calibrates alone and broadcasts.
 
     Raises:
         ValueError: when an activation quantizer observed no batch.
@@ -184,7 +210,8 @@ def finalize_calibration(model: nn.Module) -> None:
         if isinstance(module, (QuantLinear, QuantConv2d)):
             module.finalize_calibration()
     for quantizer in activation_quantizers(model).values():
-        quantizer.sync_statistics()
+        if sync:
+            quantizer.sync_statistics()
         quantizer.finalize()
         quantizer.reset_statistics()
 
@@ -205,9 +232,11 @@ def quantized_layer_count(model: nn.Module) -> dict[str, int]:
 
 
 def float_layer_count(model: nn.Module) -> dict[str, int]:
-    """Float ``Linear``/``Conv2d``/``Softmax`` layers that are not wrapped."""
+    """Float ``Linear``/``Conv2d``/``Softmax`` layers (subclasses too) not wrapped."""
     counts: dict[str, int] = {}
+    quantized = (QuantLinear, QuantConv2d, QuantSoftmax)
     for module in model.modules():
-        if type(module) in (nn.Linear, nn.Conv2d, nn.Softmax):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Softmax)) and \
+                not isinstance(module, quantized):
             counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
     return counts

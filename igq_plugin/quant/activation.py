@@ -31,6 +31,7 @@ from .mode import ModeSwitchMixin, QuantMode
 from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams_from_bounds
 
 KINDS = ('channel', 'softmax')
+GROUP_BOUNDS = ('mean', 'envelope')
 DEFAULT_CANDIDATES = (1, 2, 4, 8, 12, 16)
 
 
@@ -78,7 +79,7 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
     # -- mode dispatch -------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Identity (float), identity plus statistics (calibrate) or fake-quantize."""
-        if self.mode is QuantMode.FLOAT:
+        if self.mode is QuantMode.FLOAT or x.numel() == 0:  # e.g. no RoI in an image
             return x
         if self.mode is QuantMode.CALIBRATE:
             self._observe_checked(x.detach())
@@ -278,14 +279,21 @@ class IGQQuantizer(ActivationQuantizer):
         candidates: group counts calibrated; counts above ``channels`` are dropped.
         distance: ``'l2'`` or ``'l1'`` range distance.
         max_iter: alternating calibration rounds.
+        bounds: quantization range of a group: ``'mean'`` (the group's centre, the
+            mean of its members' ranges, as in the method doc) or ``'envelope'`` (the
+            min/max over its members: no clipping of calibration ranges) [choice].
+            Items are always assigned to the nearest centre.
     """
 
     method = 'igq'
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
                  candidates: Sequence[int] = DEFAULT_CANDIDATES, distance: str = 'l2',
-                 max_iter: int = 20):
+                 max_iter: int = 20, bounds: str = 'mean'):
         super().__init__(bits, channels, kind, channel_dim)
+        if bounds not in GROUP_BOUNDS:
+            raise ValueError(f'bounds={bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
+        self.bounds = bounds
         limit = self.channels if self.kind == 'channel' else max(max(candidates), groups)
         check_groups(groups, limit)
         for g in candidates:
@@ -299,6 +307,8 @@ class IGQQuantizer(ActivationQuantizer):
         self.register_buffer('groups', torch.tensor(groups, dtype=torch.long))
         self.register_buffer('group_lower', torch.zeros(len(usable), max(usable)))
         self.register_buffer('group_upper', torch.zeros(len(usable), max(usable)))
+        self.register_buffer('centre_lower', torch.zeros(len(usable), max(usable)))
+        self.register_buffer('centre_upper', torch.zeros(len(usable), max(usable)))
         self._pairs_lower: list[torch.Tensor] = []
         self._pairs_upper: list[torch.Tensor] = []
         self.fit_iterations: dict[int, int] = {}
@@ -337,25 +347,37 @@ class IGQQuantizer(ActivationQuantizer):
 
     def compute_parameters(self):
         lower, upper = self.pooled_ranges()
-        self.group_lower.zero_()
-        self.group_upper.zero_()
+        for buffer in (self.group_lower, self.group_upper, self.centre_lower, self.centre_upper):
+            buffer.zero_()
         for row, groups in enumerate(self.candidates):
             fit = fit_group_ranges(lower, upper, groups, self.max_iter, self.distance)
-            self.group_lower[row, :groups] = fit.lower
-            self.group_upper[row, :groups] = fit.upper
+            self.centre_lower[row, :groups] = fit.lower
+            self.centre_upper[row, :groups] = fit.upper
+            bound_lower, bound_upper = ((fit.lower, fit.upper) if self.bounds == 'mean'
+                                        else fit.envelope(lower, upper))
+            self.group_lower[row, :groups] = bound_lower
+            self.group_upper[row, :groups] = bound_upper
             self.fit_iterations[groups] = fit.iterations
 
-    def active_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([G], [G])`` bounds of the active group count."""
+    def _active_row(self) -> tuple[int, int]:
         groups = int(self.groups)
-        row = self.candidates.index(groups)
+        return self.candidates.index(groups), groups
+
+    def active_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([G], [G])`` quantization bounds of the active group count."""
+        row, groups = self._active_row()
         return self.group_lower[row, :groups], self.group_upper[row, :groups]
+
+    def active_centres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([G], [G])`` assignment centres of the active group count."""
+        row, groups = self._active_row()
+        return self.centre_lower[row, :groups], self.centre_upper[row, :groups]
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Group index of every item of ``x``: ``[I, C]`` (channels) or ``[R]`` (rows)."""
         lower, upper = self._item_ranges(x)
-        group_lower, group_upper = self.active_ranges()
-        return assign_groups(lower, upper, group_lower, group_upper, self.distance)
+        centre_lower, centre_upper = self.active_centres()
+        return assign_groups(lower, upper, centre_lower, centre_upper, self.distance)
 
     def quantize(self, x):
         group_lower, group_upper = self.active_ranges()
@@ -365,7 +387,7 @@ class IGQQuantizer(ActivationQuantizer):
 
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '
-                f'candidates={self.candidates}, distance={self.distance}')
+                f'candidates={self.candidates}, distance={self.distance}, bounds={self.bounds}')
 
 
 class UpperBoundQuantizer(ActivationQuantizer):
@@ -411,7 +433,7 @@ def check_method(method: str) -> str:
 def build_activation_quantizer(method: str, bits: int, channels: int | None = None,
                                kind: str = 'channel', channel_dim: int = -1, groups: int = 8,
                                candidates: Sequence[int] = DEFAULT_CANDIDATES,
-                               distance: str = 'l2') -> ActivationQuantizer:
+                               distance: str = 'l2', bounds: str = 'mean') -> ActivationQuantizer:
     """Build the activation quantizer named ``method``.
 
     The grouping options are ignored by methods without groups.
@@ -426,7 +448,7 @@ def build_activation_quantizer(method: str, bits: int, channels: int | None = No
         return cls(bits, channels, kind, channel_dim, groups=groups)
     if cls is IGQQuantizer:
         quantizer = cls(bits, channels, kind, channel_dim, groups=groups,
-                        candidates=candidates, distance=distance)
+                        candidates=candidates, distance=distance, bounds=bounds)
         quantizer.method = method
         return quantizer
     return cls(bits, channels, kind, channel_dim)

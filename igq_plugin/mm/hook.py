@@ -1,0 +1,146 @@
+"""``IGQCalibrationHook``: calibrate (or load) the quantized model before evaluation."""
+from __future__ import annotations
+
+import os.path as osp
+
+import torch
+from mmengine.dist import broadcast_object_list, get_dist_info
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from ..nn import import_state
+from ..quant import QuantMode, set_mode
+from .backbone import QuantState, is_quantized_backbone, set_quant_state
+from .calibration import (calibrate_model, check_quantized, log_report,
+                          quantize_detector_parts, take_calibration_batches)
+from .state_io import (config_fingerprint, fingerprinted_state, load_state,
+                       weights_fingerprint)
+
+DATALOADERS = ('test', 'val', 'train')
+
+
+@HOOKS.register_module()
+class IGQCalibrationHook(Hook):
+    """Calibrate quantizers and allocate group sizes once, before the first evaluation.
+
+    The model's backbone must be built by ``IGQBackbone`` (it carries the
+    quantization config). The hook also quantizes the neck (and, optionally, the RoI
+    heads) with the same config, takes ``num_images`` images from a dataloader,
+    calibrates, runs the group-size allocation for ``method='igq'``, logs a per-layer
+    table, saves the state to the work dir, and checks that evaluation runs
+    quantized. Under distributed launch rank 0 calibrates and broadcasts the state,
+    so every rank holds identical parameters.
+
+    Args:
+        num_images: calibration images (the paper's protocol: 1).
+        dataloader: ``'test'``, ``'val'`` or ``'train'`` (the runner's config of that
+            dataloader), or a dataloader config dict.
+        quantize_neck: quantize the neck's convolutions (FPN).
+        quantize_roi_head: also quantize the RoI heads' Linear/Conv layers.
+        state_file: load this calibrated state instead of calibrating.
+        save_state: write ``igq_state.pth`` to the work dir after calibrating.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, num_images: int = 1, dataloader: str | dict = 'test',
+                 quantize_neck: bool = True, quantize_roi_head: bool = False,
+                 state_file: str | None = None, save_state: bool = True):
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f'IGQCalibrationHook: num_images={num_images!r}; calibration '
+                             f'needs at least 1 image')
+        if not isinstance(dataloader, dict) and dataloader not in DATALOADERS:
+            raise ValueError(f'IGQCalibrationHook: dataloader={dataloader!r}; allowed are '
+                             f'{DATALOADERS} or a dataloader config dict')
+        self.num_images = num_images
+        self.dataloader = dataloader
+        self.quantize_neck = quantize_neck
+        self.quantize_roi_head = quantize_roi_head
+        self.state_file = state_file
+        self.save_state = save_state
+        self.report = None
+        self._done = False
+
+    @staticmethod
+    def _model(runner):
+        model = runner.model
+        return model.module if is_model_wrapper(model) else model
+
+    def before_run(self, runner) -> None:
+        """Check the model and settings, and quantize the neck/heads (cheap, early)."""
+        model = self._model(runner)
+        backbone = getattr(model, 'backbone', None)
+        if not is_quantized_backbone(backbone):
+            raise TypeError(f'IGQCalibrationHook needs model.backbone built by IGQBackbone; '
+                            f'got {type(backbone).__name__}. Set '
+                            f"model.backbone.type='IGQBackbone' and wrapped_type")
+        if self.state_file is not None and not osp.isfile(self.state_file):
+            raise FileNotFoundError(f'IGQCalibrationHook: state_file={self.state_file!r} '
+                                    f'does not exist')
+        config = backbone.igq_config
+        if config.method == 'igq' and self.state_file is None and not (
+                hasattr(model, 'roi_head') or hasattr(model, 'encode_decode')):
+            raise TypeError(f"method='igq' allocates groups from RoI class scores; "
+                            f'{type(model).__name__} has no RoI head. Use igq-fixed.')
+        converted = quantize_detector_parts(model, config, self.quantize_neck,
+                                            self.quantize_roi_head)
+        print_log(f'IGQ: {config}; quantized {len(converted)} neck/head layers',
+                  logger='current')
+
+    def before_val(self, runner) -> None:
+        self._prepare(runner)
+
+    def before_test(self, runner) -> None:
+        self._prepare(runner)
+
+    def _dataloader(self, runner):
+        if isinstance(self.dataloader, dict):
+            return runner.build_dataloader(self.dataloader)
+        if self.dataloader == 'train':
+            return runner.build_dataloader(runner.cfg.train_dataloader)
+        loop = runner.test_loop if self.dataloader == 'test' else runner.val_loop
+        return loop.dataloader
+
+    def _prepare(self, runner) -> None:
+        model = self._model(runner)
+        if not self._done:
+            self._calibrate_or_load(runner, model)
+            self._done = True
+        count = check_quantized(model)
+        print_log(f'IGQ: evaluating the quantized model ({count} activation quantizers '
+                  f'active)', logger='current')
+
+    def _calibrate_or_load(self, runner, model) -> None:
+        config_hash = config_fingerprint(runner.cfg.model)
+        weights_hash = weights_fingerprint(model)
+        if self.state_file is not None:
+            state = load_state(model, self.state_file, config_hash, weights_hash)
+            self._activate(model)
+            print_log(f'IGQ: loaded calibrated state {self.state_file} '
+                      f'(allocation: {state["meta"].get("allocation") is not None})',
+                      logger='current')
+            return
+        rank, world_size = get_dist_info()
+        state = [None]
+        if rank == 0:
+            batches = take_calibration_batches(self._dataloader(runner), self.num_images, model)
+            self.report = calibrate_model(model, batches, model.backbone.igq_config)
+            log_report(self.report)
+            state = [fingerprinted_state(model, config_hash, weights_hash,
+                                         allocation=self.report.allocation)]
+            if self.save_state:
+                path = osp.join(runner.work_dir, 'igq_state.pth')
+                torch.save(state[0], path)
+                print_log(f'IGQ: saved calibrated state to {path}', logger='current')
+        if world_size > 1:
+            broadcast_object_list(state, src=0)
+            if rank != 0:
+                import_state(model, state[0])
+                self._activate(model)
+
+    @staticmethod
+    def _activate(model) -> None:
+        set_mode(model, QuantMode.QUANTIZED)
+        set_quant_state(model.backbone, QuantState.READY)

@@ -1,0 +1,114 @@
+"""Class distributions the sensitivity search compares (method doc, section 5).
+
+For two-stage detectors the KL is taken per RoI over the RoI head's class scores,
+with the float model's proposals (and, for Cascade R-CNN, the float model's refined
+RoIs of every stage, the scores averaged over stages as Cascade's own inference
+does). For segmentors, per pixel over the decoded class scores.
+
+Each predictor is prepared once in float mode on the calibration images and then
+called for every (layer, G) of the search; only the feature extractor and the
+RoI classification branch run, never the RPN.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RoIClassPredictor:
+    """Per-RoI class probabilities of a two-stage detector on fixed float RoIs.
+
+    Args:
+        model: an mmdet ``TwoStageDetector`` (``extract_feat``, ``rpn_head``,
+            ``roi_head``) with ``StandardRoIHead`` or ``CascadeRoIHead``.
+        batches: preprocessed calibration batches, one image each:
+            ``dict(inputs=[1, 3, H, W] tensor, data_samples=[DetDataSample])``.
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[dict]):
+        from mmdet.structures.bbox import bbox2roi
+        self.model = model
+        self.batches = batches
+        self.stage_rois: list[list[torch.Tensor]] = []
+        with torch.no_grad():
+            for batch in batches:
+                feats = model.extract_feat(batch['inputs'])
+                proposals = model.rpn_head.predict(feats, batch['data_samples'], rescale=False)
+                rois = bbox2roi([p.bboxes for p in proposals])
+                self.stage_rois.append(self._float_stage_rois(feats, rois, batch['data_samples']))
+
+    @property
+    def cascade(self) -> bool:
+        return hasattr(self.model.roi_head, 'num_stages')
+
+    def _float_stage_rois(self, feats, rois, data_samples) -> list[torch.Tensor]:
+        """RoIs of every stage as the float model refines them: ``[[R, 5], ...]``."""
+        if not self.cascade:
+            return [rois]
+        from mmdet.structures.bbox import get_box_tensor
+        head = self.model.roi_head
+        all_rois = [rois]
+        for stage in range(head.num_stages - 1):
+            result = head._bbox_forward(stage, feats, rois)
+            bbox_head = head.bbox_head[stage]
+            scores = result['cls_score']
+            if bbox_head.custom_activation:
+                scores = bbox_head.loss_cls.get_activation(scores)
+            labels = scores[:, :-1].argmax(dim=1)
+            boxes = bbox_head.regress_by_class(rois[:, 1:], labels, result['bbox_pred'],
+                                               data_samples[0].metainfo)
+            rois = torch.cat([rois[:, :1], get_box_tensor(boxes)], dim=1)
+            all_rois.append(rois)
+        return all_rois
+
+    def _scores(self, feats, stage_rois) -> torch.Tensor:
+        head = self.model.roi_head
+        if not self.cascade:
+            return head._bbox_forward(feats, stage_rois[0])['cls_score']
+        scores = [head._bbox_forward(stage, feats, rois)['cls_score']
+                  for stage, rois in enumerate(stage_rois)]
+        return sum(scores) / len(scores)
+
+    def __call__(self) -> list[torch.Tensor]:
+        """One ``[R_i, num_classes + 1]`` probability tensor per calibration image."""
+        outputs = []
+        with torch.no_grad():
+            for batch, stage_rois in zip(self.batches, self.stage_rois):
+                feats = self.model.extract_feat(batch['inputs'])
+                outputs.append(F.softmax(self._scores(feats, stage_rois).float(), dim=-1))
+        return outputs
+
+
+class PixelClassPredictor:
+    """Per-pixel class probabilities of an mmseg ``EncoderDecoder``."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[dict]):
+        self.model = model
+        self.batches = batches
+
+    def __call__(self) -> list[torch.Tensor]:
+        """One ``[H*W, num_classes]`` probability tensor per calibration image."""
+        outputs = []
+        with torch.no_grad():
+            for batch in self.batches:
+                metas = [sample.metainfo for sample in batch['data_samples']]
+                logits = self.model.encode_decode(batch['inputs'], metas)  # [1, K, H, W]
+                outputs.append(F.softmax(logits.float(), dim=1).flatten(2)[0].T)
+        return outputs
+
+
+def build_predictor(model: nn.Module, batches: Sequence[dict]):
+    """The predictor matching the model family.
+
+    Raises:
+        TypeError: for models without a RoI head or a decode head.
+    """
+    if hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
+        return RoIClassPredictor(model, batches)
+    if hasattr(model, 'encode_decode'):
+        return PixelClassPredictor(model, batches)
+    raise TypeError(f'group-size allocation needs a two-stage detector (RoI class scores) '
+                    f'or a segmentor; got {type(model).__name__}. Use method="igq-fixed".')
