@@ -33,6 +33,7 @@ class CalibrationReport:
     rows: list[dict] = field(default_factory=list)
     allocation: dict[str, int] | None = None
     budget_gbops: float | None = None
+    macs: int = 0  # multiply-accumulates of the quantized operations (last image)
 
 
 def quantize_detector_parts(model: nn.Module, config: QuantConfig, neck: bool = True,
@@ -118,6 +119,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
     report.seconds = time.perf_counter() - start
     report.gbops = total_bops(quantizers) / 1e9
     report.rows = layer_rows(quantizers, sensitivity)
+    report.macs = sum(q.op_cost['macs'] for q in quantizers.values() if hasattr(q, 'op_cost'))
     return report
 
 

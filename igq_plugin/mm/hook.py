@@ -4,7 +4,7 @@ from __future__ import annotations
 import os.path as osp
 
 import torch
-from mmengine.dist import broadcast_object_list, get_dist_info
+from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -15,8 +15,8 @@ from ..quant import QuantMode, set_mode
 from .backbone import QuantState, is_quantized_backbone, set_quant_state
 from .calibration import (calibrate_model, check_quantized, log_report,
                           quantize_detector_parts, take_calibration_batches)
-from .state_io import (config_fingerprint, fingerprinted_state, load_state,
-                       weights_fingerprint)
+from .state_io import (buffers_fingerprint, config_fingerprint, fingerprinted_state,
+                       load_state, weights_fingerprint)
 
 DATALOADERS = ('test', 'val', 'train')
 
@@ -107,6 +107,7 @@ class IGQCalibrationHook(Hook):
         model = self._model(runner)
         if not self._done:
             self._calibrate_or_load(runner, model)
+            self._check_ranks_agree(model)
             self._done = True
         count = check_quantized(model)
         print_log(f'IGQ: evaluating the quantized model ({count} activation quantizers '
@@ -139,6 +140,18 @@ class IGQCalibrationHook(Hook):
             if rank != 0:
                 import_state(model, state[0])
                 self._activate(model)
+
+    @staticmethod
+    def _check_ranks_agree(model) -> None:
+        """Every rank must hold the same quantizer parameters; log their fingerprint."""
+        _, world_size = get_dist_info()
+        fingerprints = [buffers_fingerprint(model)]
+        if world_size > 1:
+            fingerprints = all_gather_object(fingerprints[0])
+            if len(set(fingerprints)) != 1:
+                raise RuntimeError(f'IGQ: quantizer buffers differ across ranks: {fingerprints}')
+        print_log(f'IGQ: quantizer buffers fingerprint {fingerprints[0]} '
+                  f'(identical on {world_size} rank(s))', logger='current')
 
     @staticmethod
     def _activate(model) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import export_state, import_state
+from ..nn import export_state, import_state, quantizer_buffers
 
 
 def config_fingerprint(model_cfg: Any) -> str:
@@ -28,6 +28,15 @@ def weights_fingerprint(model: nn.Module) -> str:
             values = param.detach().double()
             digest.update(f'{name}:{tuple(param.shape)}:{values.sum().item():.10e}:'
                           f'{values.square().sum().item():.10e};'.encode())
+    return digest.hexdigest()[:16]
+
+
+def buffers_fingerprint(model: nn.Module) -> str:
+    """sha256 of every quantizer buffer's bytes (equal iff the parameters are equal)."""
+    digest = hashlib.sha256()
+    for name, buffer in sorted(quantizer_buffers(model).items()):
+        digest.update(name.encode())
+        digest.update(buffer.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

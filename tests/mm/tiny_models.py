@@ -3,6 +3,7 @@ import copy
 
 import torch
 from mmengine.config import Config
+from mmengine.hub import get_config
 
 SWIN_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 CASCADE_CONFIG = 'configs/cascade_rcnn/cascade-mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
@@ -13,7 +14,7 @@ TINY_FPN = dict(in_channels=[16, 32, 64, 128], out_channels=32)
 
 def tiny_model_cfg(config=SWIN_CONFIG, quant=None, num_classes=3):
     """mmdet's Swin Mask R-CNN (or Cascade) config shrunk; quantized when ``quant`` given."""
-    cfg = Config.fromfile(config)
+    cfg = get_config(config) if '::' in config else Config.fromfile(config)
     model = copy.deepcopy(cfg.model)
     model.backbone.update(TINY_BACKBONE)
     model.neck.update(TINY_FPN)

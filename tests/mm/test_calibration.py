@@ -1,0 +1,140 @@
+import copy
+
+import pytest
+import torch
+from mmengine.registry import MODELS, init_default_scope
+
+import igq_plugin.mm  # noqa: F401
+from igq_plugin.mm import QuantState, calibrate_model, check_quantized, quantize_detector_parts
+from igq_plugin.mm.predictors import RoIClassPredictor
+from igq_plugin.nn import (activation_quantizers, export_state, float_layer_count,
+                           igq_quantizers, import_state, quantized_layer_count)
+from igq_plugin.quant import QuantMode, quant_mode
+from igq_plugin.search import kl_divergence
+
+from .tiny_models import CASCADE_CONFIG, tiny_batches, tiny_model_cfg
+
+# two candidates keep the (layers x candidates) sensitivity search of these tests short
+QUANT = dict(method='igq', w_bits=4, a_bits=4, groups=4, candidates=(1, 4))
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    init_default_scope('mmdet')
+
+
+def build_pair(quant=QUANT, config=None, roi_head=False, seed=0):
+    """(float detector, quantized detector with the same weights)."""
+    kwargs = {} if config is None else dict(config=config)
+    torch.manual_seed(seed)
+    float_model = MODELS.build(tiny_model_cfg(**kwargs))
+    float_model.eval()
+    model = MODELS.build(tiny_model_cfg(quant=quant, **kwargs))
+    model.eval()
+    quantize_detector_parts(model, model.backbone.igq_config, neck=True, roi_head=roi_head)
+    result = model.load_state_dict(float_model.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert all('quantizer' in key for key in result.missing_keys)
+    return float_model, model
+
+
+def features(model, batches):
+    with torch.no_grad():
+        return [torch.cat([f.flatten() for f in model.extract_feat(b['inputs'])]) for b in batches]
+
+
+def test_float_mode_bit_identical_to_unwrapped_detector():
+    float_model, model = build_pair()
+    batches = tiny_batches(float_model)
+    model.backbone.igq_state = QuantState.CALIBRATING
+    for ours, theirs in zip(features(model, batches), features(float_model, batches)):
+        assert torch.equal(ours, theirs)
+
+
+def test_every_layer_quantized_in_quantized_mode_and_none_in_float_mode():
+    float_model, model = build_pair()
+    batches = tiny_batches(float_model)
+    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    assert float_layer_count(model.backbone) == {} and float_layer_count(model.neck) == {}
+    assert quantized_layer_count(model.neck) == {'QuantConv2d': 8}  # 4 lateral + 4 fpn convs
+    quantizers = activation_quantizers(model)
+    assert check_quantized(model) == len(quantizers)
+    changed = {}
+    hooks = [q.register_forward_hook(lambda m, i, o, n=n: changed.__setitem__(
+        n, not torch.equal(i[0], o))) for n, q in quantizers.items()]
+    features(model, batches)
+    assert changed and all(changed.values()), [n for n, c in changed.items() if not c]
+    changed.clear()
+    model.backbone.igq_state = QuantState.CALIBRATING  # the guard refuses float otherwise
+    with quant_mode(model, QuantMode.FLOAT):
+        features(model, batches)
+    assert changed and not any(changed.values())
+    for hook in hooks:
+        hook.remove()
+
+
+def test_allocation_meets_budget_and_logs_rows():
+    float_model, model = build_pair()
+    report = calibrate_model(model, tiny_batches(float_model), model.backbone.igq_config,
+                             progress=None)
+    assert report.allocation is not None and report.gbops <= report.budget_gbops + 1e-12
+    assert set(report.allocation) == set(igq_quantizers(model))
+    assert {r['layer'] for r in report.rows} == set(activation_quantizers(model))
+    assert all(r['bops'] > 0 for r in report.rows)
+
+
+def roi_kl(float_model, model, batches):
+    predictor = RoIClassPredictor(float_model, batches)
+    reference = predictor()
+    predictor.model = model
+    outputs = predictor()
+    return float(torch.cat([kl_divergence(r, o) for r, o in zip(reference, outputs)]).mean())
+
+
+def test_w8a8_stays_close_to_float_and_w4a4_does_not():
+    batches = None
+    kls = {}
+    for bits in (8, 4):
+        float_model, model = build_pair(dict(QUANT, w_bits=bits, a_bits=bits, method='igq-fixed',
+                                             bounds='envelope'))
+        batches = batches or tiny_batches(float_model)
+        calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+        kls[bits] = roi_kl(float_model, model, batches)
+    assert kls[8] < 0.01 and kls[4] > kls[8], kls
+
+
+def test_state_roundtrip_reproduces_outputs_and_rejects_other_models():
+    float_model, model = build_pair()
+    batches = tiny_batches(float_model)
+    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    expected = features(model, batches)
+    state = export_state(model)
+    _, fresh = build_pair()
+    import_state(fresh, state)
+    fresh.backbone.igq_state = QuantState.CALIBRATING
+    with quant_mode(fresh, QuantMode.QUANTIZED):
+        for ours, theirs in zip(features(fresh, batches), expected):
+            assert torch.equal(ours, theirs)
+    _, other = build_pair(dict(QUANT, method='static-group'))
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ValueError, match='does not match this model'):
+        import_state(other, state)
+    after = other.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cascade_with_roi_head_quantized():
+    float_model, model = build_pair(dict(QUANT, method='igq-fixed'), config=CASCADE_CONFIG,
+                                    roi_head=True)
+    batches = tiny_batches(float_model, count=1)
+    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    assert any(name.startswith('roi_head.bbox_head.2') for name in igq_quantizers(model))
+    predictor = RoIClassPredictor(float_model, batches)
+    assert predictor.cascade and len(predictor.stage_rois[0]) == 3
+    assert 0 < roi_kl(float_model, model, batches) < float('inf')
+
+
+def test_empty_calibration_set():
+    _, model = build_pair()
+    with pytest.raises(ValueError, match='empty calibration'):
+        calibrate_model(model, [], model.backbone.igq_config, progress=None)
