@@ -5,7 +5,7 @@ custom_hooks = [
     dict(
         type='IGQCalibrationHook',
         num_images=1,  # the paper's detection protocol: one calibration image
-        dataloader='test',
+        dataloader=None,  # the dataloader of the loop about to evaluate (test or val)
         quantize_neck=True,
         quantize_roi_head=False)
 ]

@@ -35,8 +35,9 @@ class IGQCalibrationHook(Hook):
 
     Args:
         num_images: calibration images (the paper's protocol: 1).
-        dataloader: ``'test'``, ``'val'`` or ``'train'`` (the runner's config of that
-            dataloader), or a dataloader config dict.
+        dataloader: where calibration images come from: ``None`` (the dataloader of
+            the loop about to evaluate), ``'test'``, ``'val'``, ``'train'`` (the
+            runner's config of that dataloader), or a dataloader config dict.
         quantize_neck: quantize the neck's convolutions (FPN).
         quantize_roi_head: also quantize the RoI heads' Linear/Conv layers.
         state_file: load this calibrated state instead of calibrating.
@@ -45,13 +46,14 @@ class IGQCalibrationHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    def __init__(self, num_images: int = 1, dataloader: str | dict = 'test',
+    def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
                  quantize_neck: bool = True, quantize_roi_head: bool = False,
                  state_file: str | None = None, save_state: bool = True):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'IGQCalibrationHook: num_images={num_images!r}; calibration '
                              f'needs at least 1 image')
-        if not isinstance(dataloader, dict) and dataloader not in DATALOADERS:
+        if dataloader is not None and not isinstance(dataloader, dict) and \
+                dataloader not in DATALOADERS:
             raise ValueError(f'IGQCalibrationHook: dataloader={dataloader!r}; allowed are '
                              f'{DATALOADERS} or a dataloader config dict')
         self.num_images = num_images
@@ -90,30 +92,30 @@ class IGQCalibrationHook(Hook):
                   logger='current')
 
     def before_val(self, runner) -> None:
-        self._prepare(runner)
+        self._prepare(runner, 'val')
 
     def before_test(self, runner) -> None:
-        self._prepare(runner)
+        self._prepare(runner, 'test')
 
-    def _dataloader(self, runner):
-        if isinstance(self.dataloader, dict):
-            return runner.build_dataloader(self.dataloader)
-        if self.dataloader == 'train':
+    def _dataloader(self, runner, evaluating: str):
+        source = self.dataloader or evaluating
+        if isinstance(source, dict):
+            return runner.build_dataloader(source)
+        if source == 'train':
             return runner.build_dataloader(runner.cfg.train_dataloader)
-        loop = runner.test_loop if self.dataloader == 'test' else runner.val_loop
-        return loop.dataloader
+        return (runner.test_loop if source == 'test' else runner.val_loop).dataloader
 
-    def _prepare(self, runner) -> None:
+    def _prepare(self, runner, evaluating: str) -> None:
         model = self._model(runner)
         if not self._done:
-            self._calibrate_or_load(runner, model)
+            self._calibrate_or_load(runner, model, evaluating)
             self._check_ranks_agree(model)
             self._done = True
         count = check_quantized(model)
         print_log(f'IGQ: evaluating the quantized model ({count} activation quantizers '
                   f'active)', logger='current')
 
-    def _calibrate_or_load(self, runner, model) -> None:
+    def _calibrate_or_load(self, runner, model, evaluating: str) -> None:
         config_hash = config_fingerprint(runner.cfg.model)
         weights_hash = weights_fingerprint(model)
         if self.state_file is not None:
@@ -126,7 +128,8 @@ class IGQCalibrationHook(Hook):
         rank, world_size = get_dist_info()
         state = [None]
         if rank == 0:
-            batches = take_calibration_batches(self._dataloader(runner), self.num_images, model)
+            batches = take_calibration_batches(self._dataloader(runner, evaluating),
+                                               self.num_images, model)
             self.report = calibrate_model(model, batches, model.backbone.igq_config)
             log_report(self.report)
             state = [fingerprinted_state(model, config_hash, weights_hash,

@@ -25,7 +25,8 @@ def fake_runner(tmp_path, quant=QUANT):
     model.eval()
     return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg)),
                                  work_dir=str(tmp_path),
-                                 test_loop=types.SimpleNamespace(dataloader=None))
+                                 test_loop=types.SimpleNamespace(dataloader=None),
+                                 val_loop=types.SimpleNamespace(dataloader=None))
 
 
 def test_hook_calibrates_once_and_saves_state(tmp_path, monkeypatch):
