@@ -24,13 +24,13 @@ demo: setup
 # demo_models/SHA256SUMS).
 demo-models: setup
 	$(PYTHON) tools/make_synthetic_coco.py --out $(DATA) --seed 0 --num-train 400 \
-		--num-val 100 --image-size 256 --skip-if-current
+		--num-val 100 --image-size 192 --skip-if-current
 	$(PYTHON) $(MMDET_TOOLS)/train.py $(DEMO_CONFIGS)/mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py \
 		--work-dir work_dirs/demo_models/mask-rcnn
 	$(PYTHON) $(MMDET_TOOLS)/train.py $(DEMO_CONFIGS)/cascade-mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py \
 		--work-dir work_dirs/demo_models/cascade
-	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn/epoch_12.pth \
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn/epoch_24.pth \
 		demo_models/mask-rcnn_swin-demo.pth
-	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_12.pth \
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_24.pth \
 		demo_models/cascade-mask-rcnn_swin-demo.pth
 	cd demo_models && sha256sum *.pth > SHA256SUMS

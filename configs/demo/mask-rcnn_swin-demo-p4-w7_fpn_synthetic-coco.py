@@ -7,7 +7,7 @@ _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 data_root = 'data/synthetic_coco/'
 classes = ('circle', 'square', 'triangle', 'star', 'ring', 'bar')  # igq_plugin.data.CLASSES
 metainfo = dict(classes=classes)
-image_size = (256, 256)
+image_size = (192, 192)
 embed_dims = 32
 fpn_channels = 64
 
@@ -17,7 +17,7 @@ model = dict(
         depths=[2, 2, 2, 2],
         num_heads=[1, 2, 4, 8],  # head dim 32 in every stage
         window_size=7,
-        drop_path_rate=0.1,
+        drop_path_rate=0.0,
         convert_weights=False,
         init_cfg=None),  # trained from scratch: nothing to download
     neck=dict(in_channels=[embed_dims * 2**i for i in range(4)], out_channels=fpn_channels),
@@ -60,7 +60,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 12
+max_epochs = 24
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),

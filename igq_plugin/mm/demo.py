@@ -25,7 +25,7 @@ DETECTORS = {
                 'configs/demo/igq-w4a4_cascade-mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py',
                 'demo_models/cascade-mask-rcnn_swin-demo.pth'),
 }
-DATASET_ARGS = dict(seed=0, num_train=400, num_val=100, image_size=(256, 256))
+DATASET_ARGS = dict(seed=0, num_train=400, num_val=100, image_size=(192, 192))
 COLUMNS = ['method', 'w_bits', 'a_bits', 'g_avg', 'bbox_mAP', 'segm_mAP', 'gbops',
            'calib_seconds', 'eval_seconds']
 
