@@ -53,3 +53,14 @@ model = dict(
             pos_weight=-1,
             debug=False) for iou in stage_ious
     ]))
+
+# Recipe: start from the trained demo Mask R-CNN (backbone, FPN, RPN and mask head
+# load; the three cascade box heads start from scratch) and train 8 epochs.
+load_from = 'work_dirs/demo_models/mask-rcnn/epoch_24.pth'
+cascade_epochs = 8
+train_cfg = dict(max_epochs=cascade_epochs, val_interval=cascade_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=cascade_epochs, eta_min=1e-5)
+]
+default_hooks = dict(checkpoint=dict(interval=cascade_epochs))
