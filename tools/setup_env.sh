@@ -30,12 +30,13 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
 
 log "torch 2.14.1 / torchvision 0.29.1 (from the machine's local wheels)"
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
-# mmcv's setup.py imports pkg_resources (removed in setuptools 70).
-"${pip[@]}" "setuptools<70" wheel ninja packaging
 
 mmcv_wheel="$(ls "$wheel_cache"/mmcv-"$mmcv_version"-*.whl 2>/dev/null | head -n1 || true)"
 if [[ -z "$mmcv_wheel" ]]; then
   log "compiling mmcv $mmcv_version with ops (several minutes on 2 cores)"
+  # mmcv's setup.py imports pkg_resources the way setuptools < 70 provides it; the
+  # project install below moves setuptools to the range torch and mmengine accept.
+  "${pip[@]}" "setuptools<70" wheel ninja packaging
   build_dir="$(mktemp -d)"
   trap 'rm -rf "$build_dir"' EXIT
   "$venv/bin/python" -m pip download --disable-pip-version-check --no-deps \
