@@ -46,13 +46,13 @@ def options(data, *extra):
             'model.backbone.quant.candidates=[1,4]', *extra]
 
 
-def run(args, work_dir, launcher=None):
+def run(args, work_dir, processes=1):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
-    if launcher is None:
+    if processes == 1:
         command = [sys.executable, TEST_PY]
-    else:
-        command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                   '--master_port=29613', TEST_PY]
+    else:  # the stock test.py through torchrun; see tools/dist_test.py for why a wrapper
+        command = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={processes}',
+                   '--master_port=29613', osp.join(REPO, 'tools', 'dist_test.py')]
     result = subprocess.run(command + args + ['--work-dir', work_dir], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
@@ -88,10 +88,8 @@ def test_stock_test_py_quantizes_calibrates_and_evaluates(setup):
     assert fingerprint(reloaded) == fingerprint(output)
 
     # two processes (gloo): identical buffers on both ranks, the same metrics
-    distributed = run([QUANT_CONFIG, checkpoint, '--launcher', 'pytorch'] + options(
-        data, 'env_cfg.dist_cfg.backend=gloo',
-        'model_wrapper_cfg.type=MMDistributedDataParallel', 'model_wrapper_cfg.device_ids=None'),
-        osp.join(root, 'dist'), launcher='torchrun')
+    distributed = run([QUANT_CONFIG, checkpoint] + options(data), osp.join(root, 'dist'),
+                      processes=2)
     assert 'identical on 2 rank(s)' in distributed
     assert fingerprint(distributed) == fingerprint(output)
     assert metrics(distributed) == first
