@@ -1,9 +1,7 @@
-import copy
 
 import pytest
 import torch
 from mmengine.registry import MODELS, init_default_scope
-from torch import nn
 
 import igq_plugin.mm  # noqa: F401  (registers IGQBackbone)
 from igq_plugin.mm import QuantState
