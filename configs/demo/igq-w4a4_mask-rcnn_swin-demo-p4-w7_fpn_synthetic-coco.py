@@ -1,9 +1,10 @@
 # IGQ-ViT W4/A4 of the demo Swin Mask R-CNN (allocation under the budget of G_avg = 8).
 # Other methods / bits: --cfg-options model.backbone.quant.method=per-tensor
 #                                     model.backbone.quant.w_bits=6 model.backbone.quant.a_bits=6
-_base_ = ['./mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py', '../_base_/igq_quantization.py']
+_base_ = './mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py'  # custom_imports of the plugin come with it
 model = dict(
     backbone=dict(
         type='IGQBackbone',
         wrapped_type='SwinTransformer',
         quant=dict(method='igq', w_bits=4, a_bits=4, groups=8)))
+custom_hooks = [dict(type='IGQCalibrationHook', num_images=1)]  # as in ../_base_/igq_quantization.py

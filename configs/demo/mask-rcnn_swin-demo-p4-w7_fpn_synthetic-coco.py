@@ -3,6 +3,8 @@
 # Same architecture as mmdet's Swin-T Mask R-CNN, with smaller widths and depths so
 # that it trains in minutes; the quantized layers are the same kinds as Swin-T's.
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+# The plugin's weights_only-safe checkpoint loader (load_from / resume under torch 2.14).
+custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
 
 data_root = 'data/synthetic_coco/'
 classes = ('circle', 'square', 'triangle', 'star', 'ring', 'bar')  # igq_plugin.data.CLASSES

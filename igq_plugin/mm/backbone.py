@@ -20,7 +20,7 @@ from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
 from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
 
 from ..nn import QuantConfig, quantize_modules, register_float_layer, set_num_instances
-from ..quant import QuantMode, mode_modules
+from ..quant import FixedRangeQuantizer, QuantMode, mode_modules
 
 # wrapped_type -> module that must define the built class (checked after building)
 SUPPORTED_BACKBONES = {
@@ -87,7 +87,8 @@ def IGQBackbone(wrapped_type: str = 'SwinTransformer', quant: dict | None = None
     Quantized (method doc, section 2): the input of every Linear (qkv, proj, fc1,
     fc2, patch-merging reduction) with the configured activation quantizer, weights
     per output channel, Q/K/V operands, the softmax attention by row groups, and the
-    patch embedding (weights and input) at ``first_layer_bits``.
+    patch embedding (weights and input) at ``first_layer_bits``; the image input with
+    the fixed range of normalised uint8 pixels (:func:`set_pixel_input_range`).
 
     Returns:
         The backbone, with attributes ``igq_config`` (:class:`QuantConfig`) and
@@ -106,6 +107,12 @@ def IGQBackbone(wrapped_type: str = 'SwinTransformer', quant: dict | None = None
                         f'{module}.{type(backbone).__name__}, which it cannot quantize; '
                         f'expected a class from {SUPPORTED_BACKBONES[wrapped_type]}')
     quantize_modules(backbone, config, first_layers=FIRST_LAYERS)
+    embed = backbone.get_submodule(FIRST_LAYERS[0])
+    # [choice] the image input has a format-given range (set from the data
+    # preprocessor by calibrate_model), not one calibrated on a single image.
+    embed.input_quantizer = FixedRangeQuantizer(config.first_layer_bits, embed.in_channels,
+                                                channel_dim=1)
+    embed.input_quantizer.layer_name = f'{FIRST_LAYERS[0]}.input_quantizer'
     backbone.igq_config = config
     backbone.igq_state = QuantState.UNCALIBRATED
     backbone.register_forward_pre_hook(_guard)
@@ -121,3 +128,19 @@ def set_quant_state(backbone: nn.Module, state: str) -> None:
     """Move a quantized backbone to another :class:`QuantState`."""
     backbone.igq_state = state
 
+
+
+def set_pixel_input_range(model: nn.Module) -> None:
+    """Give the patch embedding's input quantizer the range of normalised uint8 pixels.
+
+    ``[(0 - mean) / std, (255 - mean) / std]`` per channel, from the model's data
+    preprocessor; at 8 bits no pixel is clipped and the error is at most half a level.
+    """
+    quantizer = model.backbone.get_submodule(FIRST_LAYERS[0]).input_quantizer
+    preprocessor = model.data_preprocessor
+    mean = getattr(preprocessor, 'mean', None)
+    std = getattr(preprocessor, 'std', None)
+    if mean is None or std is None:
+        raise ValueError(f'{type(preprocessor).__name__} has no mean/std: cannot derive the '
+                         f'pixel range of the image input')
+    quantizer.set_range((0.0 - mean) / std, (255.0 - mean) / std)

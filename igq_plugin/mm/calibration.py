@@ -18,7 +18,7 @@ from ..nn import (QuantConfig, activation_quantizers, finalize_calibration, igq_
 from ..quant import QuantMode, quant_mode, set_mode
 from ..report import format_table, layer_rows
 from ..search import allocate_groups, sensitivity_tables, total_bops
-from .backbone import QuantState, set_quant_state
+from .backbone import QuantState, set_pixel_input_range, set_quant_state
 from .predictors import build_predictor
 
 
@@ -94,6 +94,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
         raise ValueError('empty calibration set: need at least 1 calibration image')
     start = time.perf_counter()
     backbone = model.backbone
+    set_pixel_input_range(model)
     set_quant_state(backbone, QuantState.CALIBRATING)
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
         for batch in batches:

@@ -117,7 +117,8 @@ def run_demo(settings: DemoSettings) -> list[dict]:
             cfg = load_config(quant_config, dict(options, **quant))
             result = run_test(cfg, checkpoint, osp.join(out, 'runs', f'{method}_w{bits}a{bits}'))
             macs = macs or result.report.macs
-            allocations.setdefault(bits, allocation_of(result.report) or None)
+            if allocation_of(result.report):
+                allocations[bits] = allocation_of(result.report)
             g_avg = {'per-tensor': 1, 'upper-bound': None}.get(method, settings.g_avg)
             records.append(_record(method, bits, bits, g_avg, result, result.report.gbops))
             print_log(format_table([records[-1]], COLUMNS), logger='current')

@@ -412,6 +412,50 @@ class UpperBoundQuantizer(ActivationQuantizer):
         return self._fake_quantize_items(x, scale, zero)
 
 
+class FixedRangeQuantizer(ActivationQuantizer):
+    """Per-channel bounds known in advance, not calibrated (e.g. image pixels).
+
+    The input of the first layer is an image whose range is fixed by its format:
+    uint8 pixels normalised by the data preprocessor. Calibrating that range on one
+    image clips every brighter or higher-contrast image; with the pixel-domain range
+    an 8-bit quantizer clips nothing and errs by at most half a pixel level.
+    """
+
+    method = 'fixed-range'
+
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=1):
+        super().__init__(bits, channels, kind, channel_dim)
+        self.register_buffer('lower', torch.zeros(self.channels))
+        self.register_buffer('upper', torch.zeros(self.channels))
+        self.register_buffer('range_set', torch.tensor(False))
+
+    def set_range(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
+        """Set the per-channel bounds ``[C]`` (e.g. of normalised pixels)."""
+        lower, upper = lower.reshape(-1).float(), upper.reshape(-1).float()
+        if lower.numel() != self.channels or upper.numel() != self.channels or \
+                not bool((upper > lower).all()):
+            raise ValueError(f'{self._label()}: need {self.channels} ranges with upper > lower; '
+                             f'got lower={lower.tolist()}, upper={upper.tolist()}')
+        self.lower.copy_(lower)
+        self.upper.copy_(upper)
+        self.range_set.fill_(True)
+
+    def observe(self, x):
+        pass
+
+    def merge_statistics(self):
+        pass
+
+    def compute_parameters(self):
+        if not bool(self.range_set):
+            raise ValueError(f'{self._label()}: the fixed input range was never set '
+                             f'(call set_range before calibration)')
+
+    def quantize(self, x):
+        shape = self._channel_shape()
+        return fake_quantize_bounds(x, self.lower.view(shape), self.upper.view(shape), self.bits)
+
+
 ACTIVATION_QUANTIZERS = {
     'per-tensor': PerTensorQuantizer,
     'static-group': StaticGroupQuantizer,

@@ -182,3 +182,19 @@ class TestBadInput:
         with pytest.raises(ValueError, match="mode='int8'"):
             with quant_mode(q, 'int8'):
                 pass
+
+
+def test_fixed_range_quantizer_covers_every_uint8_pixel_within_half_a_step():
+    from igq_plugin.quant import FixedRangeQuantizer
+    mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
+    q = FixedRangeQuantizer(8, 3)
+    with pytest.raises(ValueError, match='never set'):
+        calibrate(q, torch.zeros(1, 3, 2, 2))
+    q.set_range((0 - mean) / std, (255 - mean) / std)
+    q.finalize()
+    pixels = torch.randint(0, 256, (2, 3, 8, 8)).float()
+    normalised = (pixels - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    step = (1 / std).view(1, 3, 1, 1)  # 255 pixel levels over 2^8 - 1 codes: one pixel
+    assert ((quantized(q, normalised) - normalised).abs() <= step / 2 + 1e-5).all()
+    with pytest.raises(ValueError, match='upper > lower'):
+        q.set_range(torch.ones(3), torch.zeros(3))
