@@ -32,6 +32,6 @@ demo-models: setup
 		--work-dir work_dirs/demo_models/cascade
 	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn/epoch_24.pth \
 		demo_models/mask-rcnn_swin-demo.pth
-	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_8.pth \
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_4.pth \
 		demo_models/cascade-mask-rcnn_swin-demo.pth
 	cd demo_models && sha256sum *.pth > SHA256SUMS

@@ -55,9 +55,9 @@ model = dict(
     ]))
 
 # Recipe: start from the trained demo Mask R-CNN (backbone, FPN, RPN and mask head
-# load; the three cascade box heads start from scratch) and train 8 epochs.
+# load; the three cascade box heads start from scratch) and train 4 epochs.
 load_from = 'work_dirs/demo_models/mask-rcnn/epoch_24.pth'
-cascade_epochs = 8
+cascade_epochs = 4
 train_cfg = dict(max_epochs=cascade_epochs, val_interval=cascade_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
