@@ -32,7 +32,8 @@ class CalibrationReport:
     gbops: float
     rows: list[dict] = field(default_factory=list)
     allocation: dict[str, int] | None = None
-    budget_gbops: float | None = None
+    budget_gbops: float | None = None  # of the allocated (IGQ) layers
+    allocated_gbops: float | None = None  # the same layers with the chosen G
     macs: int = 0  # multiply-accumulates of the quantized operations (last image)
 
 
@@ -115,6 +116,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
         result = allocate_groups(layers, sensitivity, g_avg=config.groups)
         report.allocation = result.groups
         report.budget_gbops = result.budget / 1e9
+        report.allocated_gbops = result.total_bops / 1e9
     set_mode(model, QuantMode.QUANTIZED)
     set_quant_state(backbone, QuantState.READY)
     report.seconds = time.perf_counter() - start
@@ -129,7 +131,8 @@ def log_report(report: CalibrationReport, logger: str = 'current') -> None:
     print_log('IGQ quantized layers:\n' + format_table(
         report.rows, ['layer', 'method', 'a_bits', 'items', 'groups', 'sensitivity', 'bops']),
         logger=logger)
-    budget = f', budget {report.budget_gbops:.4f} GBOPs' if report.budget_gbops else ''
+    budget = (f'; allocated layers {report.allocated_gbops:.4f} of a budget of '
+              f'{report.budget_gbops:.4f} GBOPs' if report.budget_gbops else '')
     print_log(f'IGQ calibration: method={report.method}, {report.num_images} image(s), '
               f'{report.seconds:.1f} s, {report.gbops:.4f} GBOPs{budget}', logger=logger)
 

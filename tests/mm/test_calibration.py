@@ -77,7 +77,8 @@ def test_allocation_meets_budget_and_logs_rows():
     float_model, model = build_pair()
     report = calibrate_model(model, tiny_batches(float_model), model.backbone.igq_config,
                              progress=None)
-    assert report.allocation is not None and report.gbops <= report.budget_gbops + 1e-12
+    assert report.allocation is not None
+    assert report.allocated_gbops <= report.budget_gbops < report.gbops  # + fixed-range input
     assert set(report.allocation) == set(igq_quantizers(model))
     assert {r['layer'] for r in report.rows} == set(activation_quantizers(model))
     assert all(r['bops'] > 0 for r in report.rows)
