@@ -25,6 +25,7 @@ DETECTORS = {
                 'configs/demo/igq-w4a4_cascade-mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py',
                 'demo_models/cascade-mask-rcnn_swin-demo.pth'),
 }
+DEFAULT_DATA = 'data/synthetic_coco'
 DATASET_ARGS = dict(seed=0, num_train=400, num_val=100, image_size=(192, 192))
 COLUMNS = ['method', 'w_bits', 'a_bits', 'g_avg', 'bbox_mAP', 'segm_mAP', 'gbops',
            'calib_seconds', 'eval_seconds']
@@ -36,7 +37,7 @@ class DemoSettings:
 
     detector: str = 'mask-rcnn'
     checkpoint: str | None = None
-    data: str = 'data/synthetic_coco'
+    data: str = DEFAULT_DATA
     out: str = 'work_dirs/demo'
     methods: tuple[str, ...] = METHODS
     bits: tuple[int, ...] = (4, 6)
@@ -61,24 +62,28 @@ class DemoSettings:
             raise FileNotFoundError(f'demo checkpoint {self.checkpoint_path!r} does not exist; '
                                     f'train it with `make demo-models` or pass --checkpoint')
 
+    @staticmethod
+    def num_val_images(data: str) -> int:
+        with open(osp.join(data, 'annotations', 'instances_val.json')) as f:
+            return len(json.load(f)['images'])
+
     @property
     def checkpoint_path(self) -> str:
         return self.checkpoint or DETECTORS[self.detector][2]
 
 
 def prepare_data(settings: DemoSettings) -> str:
-    """Generate the synthetic dataset unless a current copy exists; returns its root."""
-    ann = osp.join(settings.data, 'annotations', 'instances_val.json')
-    if dataset_is_current(settings.data, **DATASET_ARGS):
-        return settings.data
-    if osp.isdir(settings.data) and os.listdir(settings.data) and not osp.isfile(
-            osp.join(settings.data, 'meta.json')):
+    """The dataset root: the default synthetic dataset is generated unless a current
+    copy exists; any other ``--data`` must already hold COCO annotations."""
+    if settings.data != DEFAULT_DATA:
+        ann = osp.join(settings.data, 'annotations', 'instances_val.json')
         if not osp.isfile(ann):
             raise FileNotFoundError(f'data={settings.data!r} has no {ann}: not a COCO dataset '
-                                    f'(pass an empty or new directory to generate one)')
+                                    f'(omit --data to use the generated {DEFAULT_DATA})')
         return settings.data
-    print_log(f'generating the synthetic dataset in {settings.data}', logger='current')
-    generate_dataset(settings.data, **DATASET_ARGS)
+    if not dataset_is_current(settings.data, **DATASET_ARGS):
+        print_log(f'generating the synthetic dataset in {settings.data}', logger='current')
+        generate_dataset(settings.data, **DATASET_ARGS)
     return settings.data
 
 
@@ -135,7 +140,7 @@ def run_demo(settings: DemoSettings) -> list[dict]:
         load_config(quant_config, dict(options, **{'model.backbone.quant.method': 'igq'})),
         checkpoint, osp.join(out, 'runs', 'variation'), settings.variation_images)
     plot_range_variation(variation, osp.join(out, 'channel_range_variation.png'),
-                         settings.variation_images)
+                         min(settings.variation_images, settings.num_val_images(data)))
     return records
 
 

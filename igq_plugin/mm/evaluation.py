@@ -69,7 +69,7 @@ def channel_range_variation(cfg: Config, checkpoint: str, work_dir: str,
         cfg: a config whose backbone is ``IGQBackbone`` with ``method='igq'``.
         checkpoint: float weights.
         work_dir: runner work dir.
-        num_images: images from the test dataloader.
+        num_images: images from the test dataloader (at most its size).
     """
     cfg = cfg.copy()
     cfg.work_dir = work_dir
@@ -80,7 +80,9 @@ def channel_range_variation(cfg: Config, checkpoint: str, work_dir: str,
     model = runner.model
     model.eval()
     IGQCalibrationHook(quantize_neck=True).before_run(runner)
-    batches = take_calibration_batches(runner.test_dataloader, num_images, model)
+    dataloader = runner.test_dataloader
+    batches = take_calibration_batches(dataloader, min(num_images, len(dataloader.dataset)),
+                                       model)
     model.backbone.igq_state = QuantState.CALIBRATING
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
         for batch in batches:

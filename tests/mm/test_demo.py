@@ -1,0 +1,55 @@
+"""The demo pipeline end to end on a tiny generated dataset (slow)."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+from igq_plugin.data import generate_dataset
+from igq_plugin.mm.demo import COLUMNS, DETECTORS
+
+pytestmark = pytest.mark.slow
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    data = str(tmp_path / 'data')
+    generate_dataset(data, seed=2, num_train=1, num_val=3, image_size=(96, 96))
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(DETECTORS['mask-rcnn'][0]).model)
+    checkpoint = str(tmp_path / 'float.pth')
+    torch.save(dict(state_dict=model.state_dict()), checkpoint)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo_cli', osp.join(REPO, 'tools', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = str(tmp_path / 'out')
+    assert demo.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
+                      '--methods', 'per-tensor', 'igq-fixed', '--bits', '4']) == 0
+    records = json.load(open(osp.join(out, 'results.json')))
+    assert [r['method'] for r in records] == ['float', 'per-tensor', 'igq-fixed']
+    for record in records:
+        assert set(record) == set(COLUMNS)
+        for metric in ('bbox_mAP', 'segm_mAP'):
+            assert isinstance(record[metric], float) and (0 <= record[metric] <= 1
+                                                          or record[metric] == -1)
+        assert record['gbops'] > 0 and record['eval_seconds'] > 0
+    for name in ('results.md', 'ap_by_method.png', 'channel_range_variation.png'):
+        assert osp.getsize(osp.join(out, name)) > 0
+
+
+def test_demo_bad_input(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo_cli', osp.join(REPO, 'tools', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(['--methods', 'kmeans']) == 2
+    assert demo.main(['--checkpoint', str(tmp_path / 'missing.pth')]) == 2
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='not a COCO dataset'):
+        from igq_plugin.mm.demo import DemoSettings, prepare_data
+        prepare_data(DemoSettings(data=str(tmp_path / 'empty')))
