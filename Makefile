@@ -30,7 +30,7 @@ demo-models: setup
 		--work-dir work_dirs/demo_models/mask-rcnn
 	$(PYTHON) $(MMDET_TOOLS)/train.py $(DEMO_CONFIGS)/cascade-mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py \
 		--work-dir work_dirs/demo_models/cascade
-	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn/epoch_24.pth \
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn/epoch_30.pth \
 		demo_models/mask-rcnn_swin-demo.pth
 	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_4.pth \
 		demo_models/cascade-mask-rcnn_swin-demo.pth

@@ -14,7 +14,7 @@ model = dict(
         stage_loss_weights=[1, 0.5, 0.25],
         bbox_roi_extractor=dict(
             type='SingleRoIExtractor',
-            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
             out_channels={{_base_.fpn_channels}},
             featmap_strides=[4, 8, 16, 32]),
         bbox_head=[
@@ -33,7 +33,7 @@ model = dict(
         ],
         mask_roi_extractor=dict(
             type='SingleRoIExtractor',
-            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2),
             out_channels={{_base_.fpn_channels}},
             featmap_strides=[4, 8, 16, 32]),
         mask_head=dict(
@@ -47,7 +47,7 @@ model = dict(
         dict(
             assigner=dict(type='MaxIoUAssigner', pos_iou_thr=iou, neg_iou_thr=iou,
                           min_pos_iou=iou, match_low_quality=False, ignore_iof_thr=-1),
-            sampler=dict(type='RandomSampler', num=256, pos_fraction=0.25, neg_pos_ub=-1,
+            sampler=dict(type='RandomSampler', num=128, pos_fraction=0.25, neg_pos_ub=-1,
                          add_gt_as_proposals=True),
             mask_size=28,
             pos_weight=-1,
@@ -56,7 +56,7 @@ model = dict(
 
 # Recipe: start from the trained demo Mask R-CNN (backbone, FPN, RPN and mask head
 # load; the three cascade box heads start from scratch) and train 4 epochs.
-load_from = 'work_dirs/demo_models/mask-rcnn/epoch_24.pth'
+load_from = 'work_dirs/demo_models/mask-rcnn/epoch_30.pth'
 cascade_epochs = 4
 train_cfg = dict(max_epochs=cascade_epochs, val_interval=cascade_epochs)
 param_scheduler = [

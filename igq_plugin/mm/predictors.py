@@ -7,15 +7,21 @@ does). For segmentors, per pixel over the decoded class scores.
 
 Each predictor is prepared once in float mode on the calibration images and then
 called for every (layer, G) of the search; only the feature extractor and the
-RoI classification branch run, never the RPN.
+RoI classification branch run, never the RPN. ``predictor.from_layer(name)`` gives
+the same predictions while recomputing only what the named layer can change: for a
+Swin backbone the blocks from that layer's block onwards (see :mod:`.resume`), for
+a neck layer the neck, for a RoI-head layer the head.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..quant import QuantMode, quant_mode
+from .resume import SwinPrefixCache, is_resumable_swin, layer_position
 
 
 class RoIClassPredictor:
@@ -33,12 +39,17 @@ class RoIClassPredictor:
         self.model = model
         self.batches = batches
         self.stage_rois: list[list[torch.Tensor]] = []
-        with torch.no_grad():
+        self.float_feats: list[tuple[torch.Tensor, ...]] = []  # neck outputs per image
+        self.prefix: SwinPrefixCache | None = None
+        with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
+            if is_resumable_swin(model.backbone):
+                self.prefix = SwinPrefixCache(model.backbone, [b['inputs'] for b in batches])
             for batch in batches:
                 feats = model.extract_feat(batch['inputs'])
                 proposals = model.rpn_head.predict(feats, batch['data_samples'], rescale=False)
                 rois = bbox2roi([p.bboxes for p in proposals])
                 self.stage_rois.append(self._float_stage_rois(feats, rois, batch['data_samples']))
+                self.float_feats.append(tuple(feats))
 
     @property
     def cascade(self) -> bool:
@@ -72,14 +83,41 @@ class RoIClassPredictor:
                   for stage, rois in enumerate(stage_rois)]
         return sum(scores) / len(scores)
 
-    def __call__(self) -> list[torch.Tensor]:
-        """One ``[R_i, num_classes + 1]`` probability tensor per calibration image."""
+    def _neck(self, backbone_outputs) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        return tuple(model.neck(backbone_outputs)) if model.with_neck else tuple(backbone_outputs)
+
+    def _features(self, index: int, layer: str | None) -> tuple[torch.Tensor, ...]:
+        """Neck outputs of calibration image ``index`` when only ``layer`` may differ
+        from float (``None``: anything may; full forward)."""
+        inputs = self.batches[index]['inputs']
+        if layer is None or self.prefix is None:
+            return tuple(self.model.extract_feat(inputs))
+        if layer.startswith('backbone.'):
+            position = layer_position(self.model.backbone, layer[len('backbone.'):])
+            return self._neck(self.prefix.forward_from(index, position, inputs))
+        if layer.startswith('neck.'):
+            return self._neck(self.prefix.outputs(index))
+        if layer.startswith('roi_head.'):
+            return self.float_feats[index]
+        return tuple(self.model.extract_feat(inputs))
+
+    def _predict(self, layer: str | None) -> list[torch.Tensor]:
         outputs = []
         with torch.no_grad():
-            for batch, stage_rois in zip(self.batches, self.stage_rois):
-                feats = self.model.extract_feat(batch['inputs'])
+            for index, stage_rois in enumerate(self.stage_rois):
+                feats = self._features(index, layer)
                 outputs.append(F.softmax(self._scores(feats, stage_rois).float(), dim=-1))
         return outputs
+
+    def __call__(self) -> list[torch.Tensor]:
+        """One ``[R_i, num_classes + 1]`` probability tensor per calibration image."""
+        return self._predict(None)
+
+    def from_layer(self, layer: str) -> Callable[[], list[torch.Tensor]]:
+        """Same as calling the predictor when only ``layer`` (a module name relative to
+        the model) is quantized, recomputing only what that layer can change."""
+        return lambda: self._predict(layer)
 
 
 class PixelClassPredictor:

@@ -32,8 +32,8 @@ class QuantConfig:
             3 channels of an image input) [choice].
         candidates: group counts calibrated for the allocation.
         distance: ``'l2'`` or ``'l1'`` range distance of the assignment.
-        bounds: IGQ group quantization range, ``'mean'`` (method doc) or
-            ``'envelope'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
+        bounds: IGQ group quantization range, ``'envelope'`` (default) or
+            ``'mean'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
         attention: also quantize Q/K/V operands and the softmax attention.
         first_layer_bits: bits of the first layer's weights and input [choice: 8].
         weight_percentiles: clipping percentiles searched per weight channel.
@@ -45,7 +45,7 @@ class QuantConfig:
     groups: int = 8
     candidates: Sequence[int] = DEFAULT_CANDIDATES
     distance: str = 'l2'
-    bounds: str = 'mean'
+    bounds: str = 'envelope'
     attention: bool = True
     first_layer_bits: int = 8
     weight_percentiles: Sequence[float] = field(default=DEFAULT_PERCENTILES)
@@ -172,6 +172,11 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
                            value_dim=_value_dim(parent))
     else:
         return None
+    # The runner may have moved the model to a GPU before the hook converts the neck:
+    # the new quantizer buffers follow the float layer's device.
+    reference = next(module.parameters(), None)
+    if reference is not None:
+        new.to(reference.device)
     for sub_name, sub in new.named_modules():
         if isinstance(sub, ActivationQuantizer):
             sub.layer_name = f'{name}.{sub_name}' if sub_name else name

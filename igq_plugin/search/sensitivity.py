@@ -57,14 +57,17 @@ def sensitivity_tables(model: torch.nn.Module, layers: Mapping[str, IGQQuantizer
                        predict: Predict, reference: Sequence[torch.Tensor] | None = None,
                        on_step: Callable[[], None] | None = None
                        ) -> dict[str, dict[int, float]]:
-    """Naive sensitivity search: one prediction per (layer, candidate G).
+    """Sensitivity search: one prediction per (layer, candidate G).
 
     Args:
         model: the model holding ``layers`` (all its quantizers are put in float mode,
             except the one layer being measured).
         layers: calibrated IGQ quantizers by name.
         predict: runs the model on the calibration images; returns one ``[R_i, K]``
-            probability tensor per image.
+            probability tensor per image. If it has ``from_layer(name)``, that
+            callable is used while layer ``name`` is measured: it must return the
+            same predictions, recomputing only what the layer can change (cached
+            float activations upstream of it).
         reference: float predictions; computed with ``predict`` when ``None``.
         on_step: called after every (layer, G) evaluation (progress reporting).
 
@@ -75,14 +78,16 @@ def sensitivity_tables(model: torch.nn.Module, layers: Mapping[str, IGQQuantizer
     with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
         if reference is None:
             reference = [r.clone() for r in predict()]
+        from_layer = getattr(predict, 'from_layer', None)
         for name, quantizer in layers.items():
+            predict_layer = from_layer(name) if from_layer is not None else predict
             active = int(quantizer.groups)
             table = {}
             try:
                 quantizer.mode = QuantMode.QUANTIZED
                 for groups in quantizer.candidates:
                     quantizer.set_groups(groups)
-                    table[groups] = mean_kl(reference, predict())
+                    table[groups] = mean_kl(reference, predict_layer())
                     if on_step is not None:
                         on_step()
             finally:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from igq_plugin.quant import WeightQuantizer, quant_mode, search_weight_qparams
+from igq_plugin.quant import QuantMode, WeightQuantizer, quant_mode, search_weight_qparams
 from igq_plugin.quant.primitives import fake_quantize, qparams_from_bounds
 
 
@@ -34,3 +34,28 @@ def test_weight_quantizer_modes_and_errors():
         quantizer.fit(torch.full((8, 2), float('nan')))
     with pytest.raises(ValueError, match='percentiles'):
         search_weight_qparams(w, 4, percentiles=(60.0,))
+
+
+def test_quantized_weight_is_reused_until_weight_or_parameters_change():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(6, 5))
+    quantizer = WeightQuantizer(4, 6)
+    quantizer.fit(weight.detach())
+    quantizer.mode = QuantMode.QUANTIZED
+    with torch.no_grad():
+        first = quantizer(weight)
+        assert quantizer(weight) is first  # cached
+        weight.mul_(2)  # in place, as load_state_dict does
+        second = quantizer(weight)
+        assert second is not first and not torch.equal(second, first)
+        quantizer.fit(weight)  # new scales
+        third = quantizer(weight)
+        assert third is not second
+        reference = fake_quantize(weight, quantizer.scale[:, None],
+                                  quantizer.zero_point[:, None], 4)
+        assert torch.equal(third, reference)
+    # with autograd: a fresh tensor carrying the straight-through gradient
+    out = quantizer(weight)
+    assert out is not third and out.requires_grad
+    out.sum().backward()
+    assert weight.grad is not None
