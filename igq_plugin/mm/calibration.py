@@ -77,7 +77,8 @@ def take_calibration_batches(dataloader, num_images: int, model: nn.Module) -> l
 
 def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConfig,
                     sync: bool = False, logger: str = 'current',
-                    progress: Callable[[int], object] | None = ProgressBar) -> CalibrationReport:
+                    progress: Callable[[int], object] | None = ProgressBar,
+                    reuse_prefix: bool = True) -> CalibrationReport:
     """Calibrate every quantizer of ``model`` and, for ``method='igq'``, allocate groups.
 
     Args:
@@ -87,6 +88,8 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
         sync: merge statistics across ranks (see :func:`finalize_calibration`).
         logger: MMEngine logger name.
         progress: progress-bar factory taking the task count (``None`` to disable).
+        reuse_prefix: the sensitivity search recomputes only what each layer can
+            change (same result); ``False`` runs the naive full forwards.
 
     Returns:
         A :class:`CalibrationReport`; the model is left in quantized mode.
@@ -106,7 +109,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
     sensitivity = None
     if config.method == 'igq':
         layers = igq_quantizers(model)
-        predictor = build_predictor(model, batches)
+        predictor = build_predictor(model, batches, reuse_prefix)
         steps = sum(len(q.candidates) for q in layers.values())
         print_log(f'IGQ allocation: sensitivity of {len(layers)} layers x candidates '
                   f'({steps} evaluations)', logger=logger)

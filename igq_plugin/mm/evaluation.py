@@ -1,6 +1,8 @@
 """Run mmdet evaluations in-process with MMEngine's Runner (for demos and reports)."""
 from __future__ import annotations
 
+import functools
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,10 +11,10 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from ..nn import igq_quantizers
+from ..nn import activation_quantizers, igq_quantizers
 from ..quant import QuantMode, quant_mode
 from .backbone import QuantState
-from .calibration import CalibrationReport, take_calibration_batches
+from .calibration import CalibrationReport, calibrate_model, take_calibration_batches
 from .hook import IGQCalibrationHook
 
 
@@ -101,3 +103,73 @@ def allocation_of(report: CalibrationReport | None) -> dict[str, int]:
     """The chosen group counts of an ``igq`` run (empty for other methods)."""
     return dict(report.allocation) if report is not None and report.allocation else {}
 
+
+
+def _layer_kind(name: str) -> str:
+    """Layer kind of a quantizer name, e.g.
+    ``backbone.stages.0.blocks.1.attn.w_msa.qkv.input_quantizer`` -> ``attn.w_msa.qkv.input``.
+    """
+    name = name.replace('ffn.layers.0.0.', 'ffn.fc1.').replace('ffn.layers.1.', 'ffn.fc2.')
+    kind = re.sub(r'\.\d+', '', name).replace('_quantizer', '')
+    for prefix in ('backbone.stages.blocks.', 'backbone.stages.', 'backbone.'):
+        kind = kind.replace(prefix, '')
+    return 'neck' if kind.startswith('neck.') else kind
+
+
+def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_images: int = 1,
+                        eval_images: int = 8) -> dict[str, Any]:
+    """Where a quantizer loses information on images it was not calibrated on.
+
+    Calibrates on the first ``calib_images`` images of the config's test dataloader
+    and measures on the next ``eval_images``: for every activation quantizer the
+    relative error ``||q(x) - x||^2 / ||x||^2`` of its own input (in the quantized
+    model), averaged per layer kind, and the relative error of the neck outputs
+    against the float model. Point the test dataloader at a split that is not
+    evaluated (e.g. train) to compare quantizer designs without touching val.
+
+    Returns:
+        ``dict(neck=float, kinds={kind: float}, layers={name: float})``.
+    """
+    cfg = cfg.copy()
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    cfg.custom_hooks = []
+    runner = Runner.from_cfg(cfg)
+    runner.load_or_resume()
+    model = runner.model
+    model.eval()
+    IGQCalibrationHook(quantize_neck=True).before_run(runner)
+    batches = take_calibration_batches(runner.test_dataloader, calib_images + eval_images, model)
+    calibrate_model(model, batches[:calib_images], model.backbone.igq_config, progress=None)
+    quantizers = activation_quantizers(model)
+    sums: dict[str, list[float]] = {name: [0.0, 0.0] for name in quantizers}
+
+    def record(name, module, args, output):
+        x = args[0]
+        sums[name][0] += float((output - x).pow(2).sum())
+        sums[name][1] += float(x.pow(2).sum())
+
+    neck = [0.0, 0.0]
+    with torch.no_grad():
+        for batch in batches[calib_images:]:
+            model.backbone.igq_state = QuantState.CALIBRATING
+            with quant_mode(model, QuantMode.FLOAT):
+                reference = model.extract_feat(batch['inputs'])
+            model.backbone.igq_state = QuantState.READY
+            handles = [q.register_forward_hook(functools.partial(record, name))
+                       for name, q in quantizers.items()]
+            try:
+                output = model.extract_feat(batch['inputs'])
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for ref, out in zip(reference, output):
+                neck[0] += float((out - ref).pow(2).sum())
+                neck[1] += float(ref.pow(2).sum())
+    layers = {name: err / max(power, 1e-30) for name, (err, power) in sums.items() if power}
+    kinds: dict[str, list[float]] = {}
+    for name, value in layers.items():
+        kinds.setdefault(_layer_kind(name), []).append(value)
+    return dict(neck=neck[0] / max(neck[1], 1e-30),
+                kinds={kind: sum(v) / len(v) for kind, v in sorted(kinds.items())},
+                layers=layers)

@@ -32,17 +32,20 @@ class RoIClassPredictor:
             ``roi_head``) with ``StandardRoIHead`` or ``CascadeRoIHead``.
         batches: preprocessed calibration batches, one image each:
             ``dict(inputs=[1, 3, H, W] tensor, data_samples=[DetDataSample])``.
+        reuse_prefix: let :meth:`from_layer` reuse cached float activations
+            (``False``: every call is a full forward, the naive search).
     """
 
-    def __init__(self, model: nn.Module, batches: Sequence[dict]):
+    def __init__(self, model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True):
         from mmdet.structures.bbox import bbox2roi
         self.model = model
         self.batches = batches
+        self.reuse_prefix = reuse_prefix
         self.stage_rois: list[list[torch.Tensor]] = []
         self.float_feats: list[tuple[torch.Tensor, ...]] = []  # neck outputs per image
         self.prefix: SwinPrefixCache | None = None
         with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
-            if is_resumable_swin(model.backbone):
+            if reuse_prefix and is_resumable_swin(model.backbone):
                 self.prefix = SwinPrefixCache(model.backbone, [b['inputs'] for b in batches])
             for batch in batches:
                 feats = model.extract_feat(batch['inputs'])
@@ -91,13 +94,17 @@ class RoIClassPredictor:
         """Neck outputs of calibration image ``index`` when only ``layer`` may differ
         from float (``None``: anything may; full forward)."""
         inputs = self.batches[index]['inputs']
-        if layer is None or self.prefix is None:
+        if layer is None or not self.reuse_prefix:
             return tuple(self.model.extract_feat(inputs))
         if layer.startswith('backbone.'):
+            if self.prefix is None:  # a backbone without resumable structure
+                return tuple(self.model.extract_feat(inputs))
             position = layer_position(self.model.backbone, layer[len('backbone.'):])
             return self._neck(self.prefix.forward_from(index, position, inputs))
         if layer.startswith('neck.'):
-            return self._neck(self.prefix.outputs(index))
+            outputs = (self.prefix.outputs(index) if self.prefix is not None
+                       else self.model.backbone(inputs))
+            return self._neck(outputs)
         if layer.startswith('roi_head.'):
             return self.float_feats[index]
         return tuple(self.model.extract_feat(inputs))
@@ -138,14 +145,15 @@ class PixelClassPredictor:
         return outputs
 
 
-def build_predictor(model: nn.Module, batches: Sequence[dict]):
-    """The predictor matching the model family.
+def build_predictor(model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True):
+    """The predictor matching the model family (``reuse_prefix``: see
+    :class:`RoIClassPredictor`).
 
     Raises:
         TypeError: for models without a RoI head or a decode head.
     """
     if hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
-        return RoIClassPredictor(model, batches)
+        return RoIClassPredictor(model, batches, reuse_prefix)
     if hasattr(model, 'encode_decode'):
         return PixelClassPredictor(model, batches)
     raise TypeError(f'group-size allocation needs a two-stage detector (RoI class scores) '

@@ -17,7 +17,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     data = str(tmp_path / 'data')
-    generate_dataset(data, seed=2, num_train=1, num_val=3, image_size=(96, 96))
+    generate_dataset(data, seed=2, num_train=3, num_val=3, image_size=(96, 96))
     init_default_scope('mmdet')
     torch.manual_seed(0)
     model = MODELS.build(Config.fromfile(DETECTORS['mask-rcnn'][0]).model)
@@ -40,6 +40,27 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
         assert record['gbops'] > 0 and record['eval_seconds'] > 0
     for name in ('results.md', 'ap_by_method.png', 'channel_range_variation.png'):
         assert osp.getsize(osp.join(out, name)) > 0
+    # per-layer errors on held-out images of the train split (tools/quant_errors.py)
+    errors = load_tool('quant_errors')
+    assert errors.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
+                        '--methods', 'per-tensor', 'igq-fixed', '--bounds', 'envelope', 'mean',
+                        '--eval-images', '2']) == 0
+    rows = json.load(open(osp.join(out, 'quant_errors.json')))
+    assert [(r['method'], r['bounds']) for r in rows] == [
+        ('per-tensor', '-'), ('igq-fixed', 'envelope'), ('igq-fixed', 'mean')]
+    for row in rows:
+        assert 0 < row['neck'] < 10 and row['kinds'] and all(
+            0 <= v < 10 for v in row['layers'].values())
+    assert 'attn.w_msa.qkv.output.k' in rows[0]['kinds']
+
+
+def load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'{name}_cli',
+                                                  osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_demo_bad_input(tmp_path):

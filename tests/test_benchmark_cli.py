@@ -1,0 +1,83 @@
+"""benchmarks/benchmark.py: argument errors, Swin-T shapes, and a tiny quantizers run."""
+import importlib.util
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+SCRIPT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'benchmarks', 'benchmark.py')
+
+
+@pytest.fixture(scope='module')
+def bench():
+    spec = importlib.util.spec_from_file_location('igq_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.mark.parametrize('size', ['800', '800x', 'axb', '16x1216', '800x1216x3', '-800x1216'])
+def test_bad_image_size_exits_with_usage_error(bench, size, capsys):
+    with pytest.raises(SystemExit) as error:
+        bench.parse_args([f'--image-size={size}'])
+    assert error.value.code == 2
+    assert 'image size' in capsys.readouterr().err
+
+
+def test_unknown_part_is_rejected(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--parts', 'inference,speed'])
+    assert "unknown ['speed']" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_cuda_without_gpu_is_a_clear_error(bench, capsys):
+    with pytest.raises(SystemExit) as error:
+        bench.parse_args(['--device', 'cuda'])
+    assert error.value.code == 2
+    assert 'CUDA is not available' in capsys.readouterr().err
+
+
+def test_defaults(bench):
+    args = bench.parse_args([])
+    assert args.parts == bench.PARTS and args.image_size == (800, 1216)
+    assert args.calib_image_size == args.image_size and args.images == 3
+
+
+def test_swin_t_shapes_at_default_size(bench):
+    shapes = {s['name']: s['shape'] for s in bench.swin_t_shapes((800, 1216))}
+    assert shapes['stage0 qkv/fc1 input'] == (1, 200 * 304, 96)
+    assert shapes['stage3 fc2 input'] == (1, 25 * 38, 768 * 4)
+    assert shapes['stage0 attention'] == (29 * 44 * 3, 49, 49)  # ceil(200/7) * ceil(304/7)
+    assert shapes['stage3 attention'] == (4 * 6 * 24, 49, 49)
+
+
+def test_natural_image_is_seeded_uint8_with_structure(bench):
+    image = bench.natural_image(64, 96, seed=3)
+    assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
+    assert torch.equal(image, bench.natural_image(64, 96, seed=3))
+    assert not torch.equal(image, bench.natural_image(64, 96, seed=4))
+    pixels = image.float()
+    # smooth: neighbouring pixels differ much less than random pixels do
+    assert (pixels[..., 1:] - pixels[..., :-1]).abs().mean() < 0.3 * pixels.std()
+
+
+def test_quantizers_part_writes_json_and_markdown(bench, tmp_path, capsys):
+    out = tmp_path / 'bench' / 'result.json'
+    assert bench.main(['--parts', 'quantizers', '--image-size', '32x64', '--min-time', '0.002',
+                       '--out', str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results['machine']['torch'] == torch.__version__
+    rows = results['quantizers']['rows']
+    assert len(rows) == 12  # 4 stages x (qkv/fc1, fc2, attention)
+    for row in rows:
+        for label in ('igq G=8', 'per-tensor', 'torch per-tensor'):
+            assert row[label]['elements_per_second'] > 0
+        assert row['igq_over_per_tensor'] > 0
+    table = (tmp_path / 'bench' / 'benchmark.md').read_text()
+    assert '## Activation quantizers alone' in table
+    assert table in capsys.readouterr().out
