@@ -5,7 +5,7 @@ MMDET_TOOLS = $(shell $(PYTHON) -c "import mmdet, os; print(os.path.join(os.path
 DEMO_CONFIGS := configs/demo
 DATA := data/synthetic_coco
 
-.PHONY: setup test test-slow demo demo-models
+.PHONY: setup test test-slow demo demo-models benchmark
 
 setup:
 	@bash tools/setup_env.sh
@@ -19,18 +19,25 @@ test-slow: setup
 demo: setup
 	$(PYTHON) tools/demo.py --detector $(DETECTOR)
 
-# Train the demo Mask R-CNN from scratch on the synthetic data (CPU, ~30 min), then the
-# demo Cascade Mask R-CNN starting from it (~20 min), and
-# export them to demo_models/ (float16 state dicts; sha256 printed and kept in
-# demo_models/SHA256SUMS).
+# Speed and memory of quantized vs float Mask R-CNN Swin-T (README, "Performance").
+# BENCH_ARGS e.g. "--device cuda" or "--calib-image-size 400x608 --search fast naive".
+benchmark: setup
+	$(PYTHON) benchmarks/benchmark.py $(BENCH_ARGS)
+
+# Train the demo Mask R-CNN from scratch on the synthetic data (CPU: 30 epochs, ~40 min,
+# then a 15-epoch warm restart, ~20 min), then the demo Cascade Mask R-CNN starting from
+# it (~10 min), and export them to demo_models/ (float16 state dicts; sha256 printed
+# and kept in demo_models/SHA256SUMS).
 demo-models: setup
 	$(PYTHON) tools/make_synthetic_coco.py --out $(DATA) --seed 0 --num-train 400 \
 		--num-val 100 --image-size 192 --skip-if-current
 	$(PYTHON) $(MMDET_TOOLS)/train.py $(DEMO_CONFIGS)/mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py \
 		--work-dir work_dirs/demo_models/mask-rcnn
+	$(PYTHON) $(MMDET_TOOLS)/train.py $(DEMO_CONFIGS)/mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco_restart.py \
+		--work-dir work_dirs/demo_models/mask-rcnn-restart
 	$(PYTHON) $(MMDET_TOOLS)/train.py $(DEMO_CONFIGS)/cascade-mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py \
 		--work-dir work_dirs/demo_models/cascade
-	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn/epoch_30.pth \
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/mask-rcnn-restart/epoch_15.pth \
 		demo_models/mask-rcnn_swin-demo.pth
 	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_4.pth \
 		demo_models/cascade-mask-rcnn_swin-demo.pth

@@ -34,6 +34,7 @@ import contextlib
 import copy
 import functools
 import gc
+import inspect
 import json
 import math
 import os
@@ -335,9 +336,19 @@ def build_variant(variant: Variant, float_state: dict, score_thr: float,
 
 
 def calibrate(model: nn.Module, batches: list[dict], reuse_prefix: bool = True):
-    """Calibrate as the hook does; returns the :class:`CalibrationReport`."""
-    report = calibrate_model(model, batches, model.backbone.igq_config, progress=None,
-                             reuse_prefix=reuse_prefix)
+    """Calibrate as the hook does; returns the :class:`CalibrationReport`.
+
+    Revisions of the plugin before the fast search had only the naive one (and no
+    ``reuse_prefix``): the benchmark still runs on them, for before/after figures.
+    """
+    if 'reuse_prefix' in inspect.signature(calibrate_model).parameters:
+        report = calibrate_model(model, batches, model.backbone.igq_config, progress=None,
+                                 reuse_prefix=reuse_prefix)
+    elif reuse_prefix and model.backbone.igq_config.method == 'igq':
+        raise RuntimeError('this revision of igq_plugin has only the naive search: '
+                           'use --search naive')
+    else:
+        report = calibrate_model(model, batches, model.backbone.igq_config, progress=None)
     check_quantized(model)
     return report
 

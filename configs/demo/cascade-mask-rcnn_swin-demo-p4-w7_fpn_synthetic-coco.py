@@ -56,7 +56,7 @@ model = dict(
 
 # Recipe: start from the trained demo Mask R-CNN (backbone, FPN, RPN and mask head
 # load; the three cascade box heads start from scratch) and train 4 epochs.
-load_from = 'work_dirs/demo_models/mask-rcnn/epoch_30.pth'
+load_from = 'work_dirs/demo_models/mask-rcnn-restart/epoch_15.pth'
 cascade_epochs = 4
 train_cfg = dict(max_epochs=cascade_epochs, val_interval=cascade_epochs)
 param_scheduler = [

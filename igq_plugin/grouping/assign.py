@@ -4,6 +4,11 @@ from __future__ import annotations
 import torch
 
 DISTANCES = ('l2', 'l1')
+# Up to this many (item, group) pairs the [*S, G] distance table is the cheapest way.
+_TABLE_PAIRS = 1 << 15
+# Items per block above that: [G, block] temporaries stay small and in cache.
+_CPU_BLOCK = 1 << 15
+_DEVICE_BLOCK = 1 << 20
 
 
 def check_distance(distance: str) -> str:
@@ -48,7 +53,8 @@ def assign_groups(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch.T
         distance: ``'l2'`` or ``'l1'``.
 
     Returns:
-        ``[*S]`` int64 group indices in ``[0, G)``; ties go to the lowest index.
+        ``[*S]`` int64 group indices in ``[0, G)``; ties go to the lowest index
+        (exactly ``range_distances(...).argmin(-1)``, NaN distances included).
 
     Example:
         >>> assign_groups(torch.tensor([0., -5.]), torch.tensor([1., 5.]),
@@ -57,4 +63,56 @@ def assign_groups(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch.T
     """
     if group_lower.numel() == 1:
         return torch.zeros(lower.shape, dtype=torch.long, device=lower.device)
-    return range_distances(lower, upper, group_lower, group_upper, distance).argmin(dim=-1)
+    if lower.numel() * group_lower.numel() <= _TABLE_PAIRS:
+        return range_distances(lower, upper, group_lower, group_upper, distance).argmin(dim=-1)
+    return _assign_blocks(lower, upper, group_lower, group_upper, distance)
+
+
+def _assign_blocks(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch.Tensor,
+                   group_upper: torch.Tensor, distance: str) -> torch.Tensor:
+    """:func:`assign_groups` for many items, block by block.
+
+    Never builds the whole ``[*S, G]`` table (e.g. ``[tokens, C, G]`` when every token
+    is an instance). On CPU, ``argmin`` over a short axis and comparisons into bool
+    tensors are slow scalar loops, so a block's distances are laid out ``[G, block]``
+    and the argmin is found with vectorised float arithmetic: NaN distances become
+    -1 (``argmin`` returns the first NaN), ``miss_g = sign(d_g - min_g d_g)`` is 0 at
+    every minimum (and where all distances are inf, as ``inf - inf`` is NaN), and
+    the first minimum is the number of leading misses,
+    ``sum_g prod_{g' <= g} miss_g'``.
+    """
+    shape, groups = lower.shape, group_lower.numel()
+    lower, upper = lower.reshape(-1), upper.reshape(-1)
+    index = torch.empty(lower.shape, dtype=torch.long, device=lower.device)
+    if lower.device.type != 'cpu':
+        for start in range(0, lower.numel(), _DEVICE_BLOCK):
+            part = slice(start, start + _DEVICE_BLOCK)
+            torch.argmin(range_distances(lower[part], upper[part], group_lower, group_upper,
+                                         distance), dim=-1, out=index[part])
+        return index.view(shape)
+    centre_lower, centre_upper = group_lower.reshape(groups, 1), group_upper.reshape(groups, 1)
+    # softmax rows: every lower bound and centre is 0, and d + (0 - 0)^2 == d exactly
+    zero_lower = not bool(centre_lower.any()) and not bool(lower.any())
+    width = min(_CPU_BLOCK, lower.numel())
+    d_upper = torch.empty(groups, width, dtype=torch.result_type(upper, centre_upper))
+    d_lower = torch.empty(groups, width, dtype=torch.result_type(lower, centre_lower))
+    nearest, leading, count = (torch.empty(width, dtype=d_upper.dtype) for _ in range(3))
+    for start in range(0, lower.numel(), _CPU_BLOCK):
+        part = slice(start, start + _CPU_BLOCK)
+        size = index[part].numel()
+        dist, other = d_upper[:, :size], d_lower[:, :size]  # [G, size]
+        torch.sub(upper[part], centre_upper, out=dist)      # same values as range_distances
+        if distance == 'l2':
+            dist.mul_(dist)
+        else:
+            dist.abs_()
+        if not zero_lower:
+            torch.sub(lower[part], centre_lower, out=other)
+            dist.add_(other.mul_(other) if distance == 'l2' else other.abs_())
+        dist.nan_to_num_(nan=-1.0, posinf=float('inf'), neginf=float('-inf'))
+        miss = dist.sub_(torch.amin(dist, dim=0, out=nearest[:size])).sign_().nan_to_num_(0.0)
+        run, first = leading[:size].copy_(miss[0]), count[:size].copy_(miss[0])
+        for group in range(1, groups - 1):
+            first.add_(run.mul_(miss[group]))
+        index[part].copy_(first)
+    return index.view(shape)

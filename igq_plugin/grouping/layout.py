@@ -9,6 +9,12 @@ layouts; these helpers give one canonical view without copying:
   as Swin's window partition lays them out) and ``T = k * tokens``;
 - channels-first tensors ``[B, C, *spatial]`` (conv inputs) become ``[B, C, T]``;
 - softmax maps ``[..., N]`` become rows ``[R, N]`` (every row is an item).
+
+The run-time path does not reshape the activation at all: :func:`split_instances`
+only splits the leading dimension (always a view, whatever the strides), ranges are
+reduced over the remaining token dimensions, and per-item parameters are given the
+shape that broadcasts against that view (:func:`instance_param_view`,
+:func:`row_param_view`).
 """
 from __future__ import annotations
 
@@ -25,6 +31,55 @@ def check_channel_dim(channel_dim: int) -> int:
                          f'{CHANNEL_LAST} (tokens-last [B, ..., C]) and '
                          f'{CHANNEL_FIRST} (channels-first [B, C, H, W])')
     return channel_dim
+
+
+def _check_instances(x: torch.Tensor, channel_dim: int, num_instances: int | None) -> int:
+    instances = x.shape[0] if num_instances is None else num_instances
+    if instances < 1 or x.shape[0] % instances:
+        raise ValueError(f'num_instances={instances} does not divide the leading '
+                         f'dimension {x.shape[0]} of an input of shape {tuple(x.shape)}')
+    if channel_dim == CHANNEL_FIRST and instances != x.shape[0]:
+        raise ValueError(f'num_instances={instances} must equal the batch size '
+                         f'{x.shape[0]} for a channels-first input')
+    return instances
+
+
+def split_instances(x: torch.Tensor, channel_dim: int,
+                    num_instances: int | None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """View of ``x`` with the instances on the first axis, and its token axes.
+
+    Unlike :func:`instance_view` this never copies: tokens-last inputs only have
+    their leading dimension split, ``[B', ..., C] -> [I, B'/I, ..., C]``;
+    channels-first inputs ``[B, C, *spatial]`` are returned as they are.
+
+    Args:
+        x: ``[B', ..., C]`` (``channel_dim == -1``, at least 2-D) or
+            ``[B, C, *spatial]`` (``channel_dim == 1``).
+        channel_dim: ``-1`` or ``1``.
+        num_instances: images ``I`` in the batch, or ``None`` for ``x.shape[0]``.
+
+    Returns:
+        ``(view, token_dims)``: reducing ``view`` over ``token_dims`` gives ``[I, C]``.
+
+    Raises:
+        ValueError: as :func:`instance_view`.
+    """
+    if x.dim() < 2:
+        raise ValueError(f'an input of shape {tuple(x.shape)} has no instance and channel '
+                         f'dimensions: need at least 2 dimensions')
+    instances = _check_instances(x, channel_dim, num_instances)
+    if channel_dim == CHANNEL_LAST:
+        view = x.unflatten(0, (instances, x.shape[0] // instances))  # [I, B'/I, ..., C]
+        return view, tuple(range(1, view.dim() - 1))
+    return x, tuple(range(2, x.dim()))
+
+
+def instance_param_view(params: torch.Tensor, view: torch.Tensor,
+                        channel_dim: int) -> torch.Tensor:
+    """Make per-``[I, C]`` parameters broadcast against :func:`split_instances`' view."""
+    if channel_dim == CHANNEL_LAST:  # [I, 1, ..., 1, C]
+        return params.reshape((params.shape[0],) + (1,) * (view.dim() - 2) + params.shape[-1:])
+    return params.reshape(params.shape + (1,) * (view.dim() - 2))  # [B, C, 1, ...]
 
 
 def instance_view(x: torch.Tensor, channel_dim: int, num_instances: int | None) -> torch.Tensor:
@@ -44,15 +99,9 @@ def instance_view(x: torch.Tensor, channel_dim: int, num_instances: int | None) 
         ValueError: when the leading dimension is not a multiple of ``I`` (or, for
             channels-first inputs, not equal to it).
     """
-    instances = x.shape[0] if num_instances is None else num_instances
-    if instances < 1 or x.shape[0] % instances:
-        raise ValueError(f'num_instances={instances} does not divide the leading '
-                         f'dimension {x.shape[0]} of an input of shape {tuple(x.shape)}')
+    instances = _check_instances(x, channel_dim, num_instances)
     if channel_dim == CHANNEL_LAST:
         return x.reshape(instances, -1, x.shape[-1])
-    if instances != x.shape[0]:
-        raise ValueError(f'num_instances={instances} must equal the batch size '
-                         f'{x.shape[0]} for a channels-first input')
     return x.reshape(instances, x.shape[1], -1)
 
 
@@ -83,9 +132,45 @@ def instance_channel_ranges(x: torch.Tensor, channel_dim: int,
     Returns:
         ``(m, M)``, each ``[I, C]``.
     """
-    view = instance_view(x, channel_dim, num_instances)
-    lower, upper = torch.aminmax(view, dim=token_axis(channel_dim))
-    return lower, upper
+    view, token_dims = split_instances(x, channel_dim, num_instances)
+    if not token_dims:  # [B, C] channels-first: one token per channel
+        return view.clone(), view.clone()
+    # two vectorised reductions; torch.aminmax(dim=...) is a scalar loop on CPU,
+    # 10x slower when the reduced axis is not the contiguous one
+    if channel_dim == CHANNEL_LAST and view.shape[-1] % 64 and view.numel() >= _BLOCKED_ELEMENTS:
+        try:
+            tokens = view.view(view.shape[0], -1, view.shape[-1])  # [I, T, C], never a copy
+        except RuntimeError:  # token axes that do not merge (e.g. a permuted input)
+            tokens = None
+        if tokens is not None:
+            return (_reduce_token_blocks(tokens, torch.amin, torch.minimum),
+                    _reduce_token_blocks(tokens, torch.amax, torch.maximum))
+    return torch.amin(view, dim=token_dims), torch.amax(view, dim=token_dims)
+
+
+# From this many elements on, tokens-last ranges over a channel count that is not a
+# multiple of 64 are reduced in blocks of tokens.
+_BLOCKED_ELEMENTS = 1 << 18
+_TOKEN_BLOCK = 32
+
+
+def _reduce_token_blocks(tokens: torch.Tensor, reduce, combine) -> torch.Tensor:
+    """``reduce(tokens, dim=1)`` of ``[I, T, C]``, block by block of tokens: ``[I, C]``.
+
+    The CPU kernel of a reduction over a non-contiguous axis is vectorised over 64
+    channels at a time and runs the remaining ``C % 64`` channels (e.g. 32 of C=96)
+    as a strided scalar loop over all tokens; over blocks of 32 tokens that loop
+    stays in L1 (1.3x faster for C=96, measured; no gain for multiples of 64).
+    """
+    count, block = tokens.shape[1], _TOKEN_BLOCK
+    whole = count - count % block
+    if whole == 0:
+        return reduce(tokens, dim=1)
+    blocks = tokens[:, :whole].unflatten(1, (whole // block, block))  # [I, T / b, b, C]
+    out = reduce(reduce(blocks, dim=2), dim=1)
+    if whole < count:
+        combine(out, reduce(tokens[:, whole:], dim=1), out=out)
+    return out
 
 
 def expand_to_view(params: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -96,3 +181,28 @@ def expand_to_view(params: torch.Tensor, channel_dim: int) -> torch.Tensor:
 def softmax_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows of a softmax map: ``[..., N] -> [R, N]`` (a view when contiguous)."""
     return x.reshape(-1, x.shape[-1])
+
+
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def softmax_row_max(x: torch.Tensor) -> torch.Tensor:
+    """Maximum of every row of a softmax map ``[..., N]``: ``[R]`` (no copy of ``x``).
+
+    On CPU a float ``amax`` over rows shorter than 64 is a scalar loop, 4x slower
+    than an integer ``amax`` over the same bits. When no element has its sign bit
+    set (a softmax map never has), the bit patterns read as integers sort like the
+    values, with +inf and NaN last as ``amax`` returns them; the check is one
+    vectorised integer ``min``. Otherwise the float ``amax`` is used.
+    """
+    as_int = _SAME_SIZE_INT.get(x.element_size())
+    if x.device.type == 'cpu' and x.is_floating_point() and as_int is not None and x.numel():
+        bits = x.view(as_int)
+        if bool(bits.min() >= 0):
+            return bits.amax(dim=-1).view(x.dtype).reshape(-1)
+    return x.amax(dim=-1).reshape(-1)
+
+
+def row_param_view(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Make per-row parameters ``[R]`` broadcast against the map ``[..., N]``."""
+    return params.reshape(x.shape[:-1] + (1,))

@@ -25,8 +25,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..grouping import (assign_groups, check_channel_dim, check_distance, check_groups,
-                        expand_to_view, fit_group_ranges, instance_channel_ranges,
-                        instance_view, softmax_rows)
+                        fit_group_ranges, instance_channel_ranges)
+from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
+                               split_instances)
 from .mode import ModeSwitchMixin, QuantMode
 from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams_from_bounds
 
@@ -150,19 +151,24 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         """Per-item ranges: ``[I, C]`` for channels, ``[R]`` rows (lower = 0) for softmax."""
         if self.kind == 'channel':
             return instance_channel_ranges(x, self.channel_dim, self.num_instances)
-        upper = softmax_rows(x).amax(dim=-1)
+        upper = softmax_row_max(x)
         return torch.zeros_like(upper), upper
 
     def _fake_quantize_items(self, x: torch.Tensor, scale: torch.Tensor,
                              zero: torch.Tensor) -> torch.Tensor:
-        """Fake-quantize with per-item parameters as returned by :meth:`_item_ranges`."""
+        """Fake-quantize with per-item parameters as returned by :meth:`_item_ranges`.
+
+        The parameters (or a 0-dim one shared by every item) are broadcast against a
+        view of ``x`` (no copy of ``x``); the result has the shape of ``x``.
+        """
         if self.kind == 'channel':
-            view = instance_view(x, self.channel_dim, self.num_instances)
-            return fake_quantize(view, expand_to_view(scale, self.channel_dim),
-                                 expand_to_view(zero, self.channel_dim), self.bits).view(x.shape)
-        rows = softmax_rows(x)
-        return fake_quantize(rows, scale.unsqueeze(-1), zero.unsqueeze(-1),
-                             self.bits).view(x.shape)
+            view, _ = split_instances(x, self.channel_dim, self.num_instances)
+            out = fake_quantize(view, *(p if p.dim() == 0 else
+                                        instance_param_view(p, view, self.channel_dim)
+                                        for p in (scale, zero)), self.bits)
+            return out.reshape(x.shape)
+        return fake_quantize(x, *(p if p.dim() == 0 else row_param_view(p, x)
+                                  for p in (scale, zero)), self.bits)
 
     def _channel_shape(self) -> tuple[int, ...]:
         """Shape that broadcasts a ``[C]`` vector along the channel dimension."""
@@ -279,17 +285,20 @@ class IGQQuantizer(ActivationQuantizer):
         candidates: group counts calibrated; counts above ``channels`` are dropped.
         distance: ``'l2'`` or ``'l1'`` range distance.
         max_iter: alternating calibration rounds.
-        bounds: quantization range of a group: ``'mean'`` (the group's centre, the
-            mean of its members' ranges, as in the method doc) or ``'envelope'`` (the
-            min/max over its members: no clipping of calibration ranges) [choice].
-            Items are always assigned to the nearest centre.
+        bounds: quantization range of a group [choice]: ``'envelope'`` (default: the
+            min/max over the calibration ranges of its members, so no calibrated
+            channel is clipped and G=1 is the per-tensor min/max quantizer) or
+            ``'mean'`` (the group's centre, the mean of its members' ranges, the
+            method doc's wording; it clips every member wider than the mean, and at
+            G=1 clips all outlier channels). Items are always assigned to the
+            nearest centre. See README, "Group bounds", for the measurements.
     """
 
     method = 'igq'
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
                  candidates: Sequence[int] = DEFAULT_CANDIDATES, distance: str = 'l2',
-                 max_iter: int = 20, bounds: str = 'mean'):
+                 max_iter: int = 20, bounds: str = 'envelope'):
         super().__init__(bits, channels, kind, channel_dim)
         if bounds not in GROUP_BOUNDS:
             raise ValueError(f'bounds={bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
@@ -312,6 +321,8 @@ class IGQQuantizer(ActivationQuantizer):
         self._pairs_lower: list[torch.Tensor] = []
         self._pairs_upper: list[torch.Tensor] = []
         self.fit_iterations: dict[int, int] = {}
+        self._tables_key: tuple | None = None
+        self._tables: tuple[torch.Tensor, ...] = ()
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -373,17 +384,37 @@ class IGQQuantizer(ActivationQuantizer):
         row, groups = self._active_row()
         return self.centre_lower[row, :groups], self.centre_upper[row, :groups]
 
+    def _active_tables(self) -> tuple[torch.Tensor, ...]:
+        """``(scale, zero, centre_lower, centre_upper)`` of the active group count.
+
+        Each ``[G]``; ``zero`` is 0-dim when every group has the same zero point (the
+        softmax groups, all 0). Recomputed only when a buffer or ``bits`` changes (in
+        place, e.g. ``set_groups`` or ``load_state_dict``, or by replacement).
+        """
+        key = (self.bits,) + tuple((id(b), b.data_ptr(), b._version) for b in (
+            self.groups, self.candidate_groups, self.group_lower, self.group_upper,
+            self.centre_lower, self.centre_upper))
+        if key != self._tables_key:
+            scale, zero = qparams_from_bounds(*self.active_ranges(), self.bits)
+            if bool((zero == zero[0]).all()):
+                zero = zero[0]
+            self._tables_key, self._tables = key, (scale, zero, *self.active_centres())
+        return self._tables
+
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Group index of every item of ``x``: ``[I, C]`` (channels) or ``[R]`` (rows)."""
         lower, upper = self._item_ranges(x)
-        centre_lower, centre_upper = self.active_centres()
+        centre_lower, centre_upper = self._active_tables()[2:]
         return assign_groups(lower, upper, centre_lower, centre_upper, self.distance)
 
     def quantize(self, x):
-        group_lower, group_upper = self.active_ranges()
-        scale, zero = qparams_from_bounds(group_lower, group_upper, self.bits)
+        scale, zero = self._active_tables()[:2]
         index = self.assign(x)
-        return self._fake_quantize_items(x, scale[index], zero[index])
+        flat = index.reshape(-1)  # index_select: a fast gather, unlike advanced indexing
+        scale = scale.index_select(0, flat).view(index.shape)
+        if zero.dim():
+            zero = zero.index_select(0, flat).view(index.shape)
+        return self._fake_quantize_items(x, scale, zero)
 
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '
@@ -477,7 +508,7 @@ def check_method(method: str) -> str:
 def build_activation_quantizer(method: str, bits: int, channels: int | None = None,
                                kind: str = 'channel', channel_dim: int = -1, groups: int = 8,
                                candidates: Sequence[int] = DEFAULT_CANDIDATES,
-                               distance: str = 'l2', bounds: str = 'mean') -> ActivationQuantizer:
+                               distance: str = 'l2', bounds: str = 'envelope') -> ActivationQuantizer:
     """Build the activation quantizer named ``method``.
 
     The grouping options are ignored by methods without groups.
