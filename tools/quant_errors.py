@@ -50,6 +50,7 @@ def main(argv=None) -> int:
             options = {'test_dataloader.dataset.data_root': args.data.rstrip('/') + '/',
                        'test_dataloader.dataset.ann_file': f'annotations/instances_{args.split}.json',
                        'test_dataloader.dataset.data_prefix.img': f'{args.split}/',
+                       'test_evaluator.ann_file': annotations,
                        'log_level': 'WARNING', 'model.backbone.quant.method': method,
                        'model.backbone.quant.w_bits': args.bits,
                        'model.backbone.quant.a_bits': args.bits,
