@@ -59,6 +59,20 @@ def run_test(cfg: Config, checkpoint: str, work_dir: str) -> EvaluationResult:
     return EvaluationResult(dict(metrics), report, calib, total - calib)
 
 
+def _prepared_runner(cfg: Config, checkpoint: str, work_dir: str) -> Runner:
+    """A runner with the float weights loaded and the detector's parts quantized
+    (backbone and neck), not yet calibrated; the model is in eval mode."""
+    cfg = cfg.copy()
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    cfg.custom_hooks = []
+    runner = Runner.from_cfg(cfg)
+    runner.load_or_resume()
+    runner.model.eval()
+    IGQCalibrationHook(quantize_neck=True).before_run(runner)
+    return runner
+
+
 def channel_range_variation(cfg: Config, checkpoint: str, work_dir: str,
                             num_images: int = 8) -> dict[str, float]:
     """How much channel ranges change from image to image, per quantized layer.
@@ -73,15 +87,8 @@ def channel_range_variation(cfg: Config, checkpoint: str, work_dir: str,
         work_dir: runner work dir.
         num_images: images from the test dataloader (at most its size).
     """
-    cfg = cfg.copy()
-    cfg.work_dir = work_dir
-    cfg.load_from = checkpoint
-    cfg.custom_hooks = []
-    runner = Runner.from_cfg(cfg)
-    runner.load_or_resume()
+    runner = _prepared_runner(cfg, checkpoint, work_dir)
     model = runner.model
-    model.eval()
-    IGQCalibrationHook(quantize_neck=True).before_run(runner)
     dataloader = runner.test_dataloader
     batches = take_calibration_batches(dataloader, min(num_images, len(dataloader.dataset)),
                                        model)
@@ -130,15 +137,8 @@ def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_image
     Returns:
         ``dict(neck=float, kinds={kind: float}, layers={name: float})``.
     """
-    cfg = cfg.copy()
-    cfg.work_dir = work_dir
-    cfg.load_from = checkpoint
-    cfg.custom_hooks = []
-    runner = Runner.from_cfg(cfg)
-    runner.load_or_resume()
+    runner = _prepared_runner(cfg, checkpoint, work_dir)
     model = runner.model
-    model.eval()
-    IGQCalibrationHook(quantize_neck=True).before_run(runner)
     batches = take_calibration_batches(runner.test_dataloader, calib_images + eval_images, model)
     calibrate_model(model, batches[:calib_images], model.backbone.igq_config, progress=None)
     quantizers = activation_quantizers(model)
