@@ -4,6 +4,9 @@ Library functions the calibration hook delegates to; usable without a runner.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -126,7 +129,32 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
     report.gbops = total_bops(quantizers) / 1e9
     report.rows = layer_rows(quantizers, sensitivity)
     report.macs = sum(q.op_cost['macs'] for q in quantizers.values() if hasattr(q, 'op_cost'))
+    release_freed_memory()
     return report
+
+
+def release_freed_memory() -> bool:
+    """Hand memory that calibration freed back to the operating system.
+
+    Calibration allocates and frees hundreds of MiB of temporaries (statistics, the
+    search's cached features). glibc keeps freed heap memory in its arenas, so
+    without this the process evaluates about 300 MiB above an uncalibrated one
+    (measured: Swin-T Mask R-CNN, 800x1216, CPU) although no tensor is alive.
+
+    Returns:
+        Whether host memory was trimmed (Linux with glibc); CUDA's cache is emptied
+        whenever CUDA is initialised.
+    """
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    if not sys.platform.startswith('linux'):
+        return False
+    malloc_trim = getattr(ctypes.CDLL(None), 'malloc_trim', None)  # absent on musl
+    if malloc_trim is None:
+        return False
+    malloc_trim(0)
+    return True
 
 
 def log_report(report: CalibrationReport, logger: str = 'current') -> None:
