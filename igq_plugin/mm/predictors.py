@@ -22,6 +22,7 @@ from torch import nn
 
 from ..quant import QuantMode, quant_mode
 from .resume import SwinPrefixCache, is_resumable_swin, layer_position
+from .roi_matrix import FixedRoIExtractor, supports
 
 
 class RoIClassPredictor:
@@ -32,8 +33,11 @@ class RoIClassPredictor:
             ``roi_head``) with ``StandardRoIHead`` or ``CascadeRoIHead``.
         batches: preprocessed calibration batches, one image each:
             ``dict(inputs=[1, 3, H, W] tensor, data_samples=[DetDataSample])``.
-        reuse_prefix: let :meth:`from_layer` reuse cached float activations
-            (``False``: every call is a full forward, the naive search).
+        reuse_prefix: let :meth:`from_layer` reuse cached float activations, and
+            pool the fixed RoIs with precomputed RoIAlign matrices (see
+            :mod:`.roi_matrix`; same values up to float summation order).
+            ``False``: every call is a full forward with mmcv's RoIAlign, the naive
+            search.
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True):
@@ -44,6 +48,8 @@ class RoIClassPredictor:
         self.stage_rois: list[list[torch.Tensor]] = []
         self.float_feats: list[tuple[torch.Tensor, ...]] = []  # neck outputs per image
         self.prefix: SwinPrefixCache | None = None
+        # per image, per RoI stage: the stage's RoI pooling on its fixed float RoIs
+        self.fixed_extractors: list[list[FixedRoIExtractor]] | None = None
         with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
             if reuse_prefix and is_resumable_swin(model.backbone):
                 self.prefix = SwinPrefixCache(model.backbone, [b['inputs'] for b in batches])
@@ -53,6 +59,11 @@ class RoIClassPredictor:
                 rois = bbox2roi([p.bboxes for p in proposals])
                 self.stage_rois.append(self._float_stage_rois(feats, rois, batch['data_samples']))
                 self.float_feats.append(tuple(feats))
+            if reuse_prefix and self._linear_pooling():
+                self.fixed_extractors = [
+                    [self._fixed_extractor(stage, rois, feats)
+                     for stage, rois in enumerate(stage_rois)]
+                    for feats, stage_rois in zip(self.float_feats, self.stage_rois)]
 
     @property
     def cascade(self) -> bool:
@@ -78,13 +89,42 @@ class RoIClassPredictor:
             all_rois.append(rois)
         return all_rois
 
-    def _scores(self, feats, stage_rois) -> torch.Tensor:
+    def _stage_parts(self, stage: int) -> tuple[nn.Module, nn.Module]:
+        """``(bbox_roi_extractor, bbox_head)`` of RoI stage ``stage``."""
         head = self.model.roi_head
         if not self.cascade:
-            return head._bbox_forward(feats, stage_rois[0])['cls_score']
-        scores = [head._bbox_forward(stage, feats, rois)['cls_score']
-                  for stage, rois in enumerate(stage_rois)]
-        return sum(scores) / len(scores)
+            return head.bbox_roi_extractor, head.bbox_head
+        return head.bbox_roi_extractor[stage], head.bbox_head[stage]
+
+    def _linear_pooling(self) -> bool:
+        """Whether every stage pools with average RoIAlign straight into its box head."""
+        head = self.model.roi_head
+        if getattr(head, 'with_shared_head', False):
+            return False
+        stages = head.num_stages if self.cascade else 1
+        return all(supports(self._stage_parts(stage)[0]) for stage in range(stages))
+
+    def _fixed_extractor(self, stage: int, rois: torch.Tensor, feats) -> FixedRoIExtractor:
+        extractor = self._stage_parts(stage)[0]
+        shapes = [tuple(f.shape[-2:]) for f in feats[:extractor.num_inputs]]
+        return FixedRoIExtractor(extractor, rois, shapes)
+
+    def _stage_scores(self, index: int, stage: int, feats, rois) -> torch.Tensor:
+        """Class scores ``[R, K + 1]`` of RoI stage ``stage`` on image ``index``."""
+        if self.fixed_extractors is None:
+            head = self.model.roi_head
+            result = (head._bbox_forward(stage, feats, rois) if self.cascade
+                      else head._bbox_forward(feats, rois))
+            return result['cls_score']
+        extractor, bbox_head = self._stage_parts(stage)
+        pooled = self.fixed_extractors[index][stage](feats[:extractor.num_inputs])
+        return bbox_head(pooled)[0]
+
+    def _scores(self, index: int, feats) -> torch.Tensor:
+        """Class scores of image ``index``, averaged over the stages (Cascade)."""
+        scores = [self._stage_scores(index, stage, feats, rois)
+                  for stage, rois in enumerate(self.stage_rois[index])]
+        return scores[0] if len(scores) == 1 else sum(scores) / len(scores)
 
     def _neck(self, backbone_outputs) -> tuple[torch.Tensor, ...]:
         model = self.model
@@ -112,9 +152,9 @@ class RoIClassPredictor:
     def _predict(self, layer: str | None) -> list[torch.Tensor]:
         outputs = []
         with torch.no_grad():
-            for index, stage_rois in enumerate(self.stage_rois):
+            for index in range(len(self.stage_rois)):
                 feats = self._features(index, layer)
-                outputs.append(F.softmax(self._scores(feats, stage_rois).float(), dim=-1))
+                outputs.append(F.softmax(self._scores(index, feats).float(), dim=-1))
         return outputs
 
     def __call__(self) -> list[torch.Tensor]:
