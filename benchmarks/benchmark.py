@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--score-thr', type=float, default=0.0,
                         help='RoI head score threshold (default 0: every image yields '
                              'max_per_img=100 detections, whatever the random weights)')
+    parser.add_argument('--memory-repeats', type=positive(int), default=3,
+                        help='fresh processes per variant in the memory part; ratios of '
+                             'the medians (default: 3)')
     parser.add_argument('--out', default='work_dirs/benchmark/benchmark.json',
                         help='JSON result file; benchmark.md is written next to it')
     parser.add_argument('--_memory-child', dest='memory_child', default=None,
@@ -639,25 +642,40 @@ def child_command(args: argparse.Namespace, variant: Variant, out: str) -> list[
 
 
 def run_memory(args: argparse.Namespace) -> dict:
-    """Peak memory of float vs igq-fixed (G=8) evaluation, each in a fresh process."""
+    """Peak memory of float vs igq-fixed (G=8) evaluation, each in a fresh process.
+
+    The peak RSS of one process moves by a few hundred MiB from run to run (glibc's
+    heap and mmap decisions), so each variant runs ``--memory-repeats`` times,
+    interleaved, and the ratios are those of the medians.
+    """
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in MEMORY_VARIANTS:
-            print_log(f'benchmark: memory, {variant.name} (child process)', logger='current')
-            out = osp.join(tmp, 'child.json')
-            result = subprocess.run(child_command(args, variant, out), capture_output=True,
-                                    text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f'memory child for {variant.name} failed '
-                                   f'(exit {result.returncode}):\n{result.stderr[-3000:]}')
-            with open(out) as f:
-                rows.append(json.load(f))
-    float_row, quant_row = rows
-    ratios = {key: quant_row[key] / float_row[key]
-              for key in ('eval_peak_rss_mib', 'eval_rss_increase_mib', 'cuda_max_allocated_mib')
-              if float_row.get(key) and quant_row.get(key) is not None}
-    return dict(image_size=list(args.image_size), images=args.images + 1, rows=rows,
+        for repeat in range(args.memory_repeats):
+            for variant in MEMORY_VARIANTS:
+                print_log(f'benchmark: memory, {variant.name} (child process, run '
+                          f'{repeat + 1} of {args.memory_repeats})', logger='current')
+                out = osp.join(tmp, 'child.json')
+                result = subprocess.run(child_command(args, variant, out), capture_output=True,
+                                        text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(f'memory child for {variant.name} failed '
+                                       f'(exit {result.returncode}):\n{result.stderr[-3000:]}')
+                with open(out) as f:
+                    rows.append(json.load(f))
+    keys = ('eval_peak_rss_mib', 'eval_rss_increase_mib', 'cuda_max_allocated_mib')
+    medians = {variant.name: {key: _median([r[key] for r in rows if r['variant'] == variant.name])
+                              for key in keys} for variant in MEMORY_VARIANTS}
+    float_median, quant_median = (medians[v.name] for v in MEMORY_VARIANTS)
+    ratios = {key: quant_median[key] / float_median[key] for key in keys
+              if float_median[key] and quant_median[key] is not None}
+    return dict(image_size=list(args.image_size), images=args.images + 1,
+                repeats=args.memory_repeats, rows=rows, medians=medians,
                 ratio_quantized_to_float=ratios)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = sorted(v for v in values if v is not None)
+    return statistics.median(present) if present else None
 
 
 # -- report ------------------------------------------------------------------------------
@@ -722,8 +740,11 @@ def markdown(results: dict) -> str:
                         'eval peak RSS MiB', 'eval RSS increase MiB', 'CUDA max allocated MiB'],
                        [(r['variant'], r['setup_peak_rss_mib'], r['rss_before_eval_mib'],
                          r['eval_peak_rss_mib'], r['eval_rss_increase_mib'],
-                         r['cuda_max_allocated_mib']) for r in part['rows']]),
-                'ratio quantized / float: ' + ', '.join(
+                         r['cuda_max_allocated_mib']) for r in part['rows']]
+                       + [(f'median {name}', None, None, m['eval_peak_rss_mib'],
+                           m['eval_rss_increase_mib'], m['cuda_max_allocated_mib'])
+                          for name, m in part.get('medians', {}).items()]),
+                'ratio of the medians, quantized / float: ' + ', '.join(
                     f'{k} {v:.3g}' for k, v in part['ratio_quantized_to_float'].items())]
     return '\n'.join(out) + '\n'
 

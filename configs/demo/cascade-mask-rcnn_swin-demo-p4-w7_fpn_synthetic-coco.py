@@ -55,9 +55,11 @@ model = dict(
     ]))
 
 # Recipe: start from the trained demo Mask R-CNN (backbone, FPN, RPN and mask head
-# load; the three cascade box heads start from scratch) and train 4 epochs.
-load_from = 'work_dirs/demo_models/mask-rcnn-restart/epoch_15.pth'
-cascade_epochs = 4
+# load; the three cascade box heads start from scratch) and train 2 epochs on the
+# 2000-image training split.
+load_from = 'work_dirs/demo_models/mask-rcnn-2k/epoch_8.pth'
+cascade_epochs = 2
+train_dataloader = dict(dataset=dict(data_root={{_base_.large_data_root}}))
 train_cfg = dict(max_epochs=cascade_epochs, val_interval=cascade_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),

@@ -7,6 +7,9 @@ _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
 
 data_root = 'data/synthetic_coco/'
+# The same generator with 2000 training images (the first 400 and the val split are
+# those of data_root), for the later training cycles (_2k.py, the Cascade).
+large_data_root = 'data/synthetic_coco_2k/'
 classes = ('circle', 'square', 'triangle', 'star', 'ring', 'bar')  # igq_plugin.data.CLASSES
 metainfo = dict(classes=classes)
 image_size = (192, 192)

@@ -5,10 +5,9 @@
 # identical). The exported demo model is the last epoch of this cycle.
 _base_ = './mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco_restart.py'
 
-large_data_root = 'data/synthetic_coco_2k/'
 load_from = 'work_dirs/demo_models/mask-rcnn-restart/epoch_15.pth'
 more_data_epochs = 8
-train_dataloader = dict(dataset=dict(data_root=large_data_root))
+train_dataloader = dict(dataset=dict(data_root={{_base_.large_data_root}}))
 train_cfg = dict(max_epochs=more_data_epochs, val_interval=2)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),

@@ -88,9 +88,6 @@ class WeightQuantizer(ModeSwitchMixin, nn.Module):
         self.register_buffer('scale', torch.ones(out_channels))
         self.register_buffer('zero_point', torch.zeros(out_channels))
         self.register_buffer('calibrated', torch.tensor(False))
-        # (weight identity, version, scale version, zero version) -> fake-quantized weight
-        self._cache_key: tuple | None = None
-        self._cached: torch.Tensor | None = None
 
     def fit(self, weight: torch.Tensor) -> None:
         """Compute the per-channel parameters from ``weight`` ``[C_out, ...]``."""
@@ -105,28 +102,18 @@ class WeightQuantizer(ModeSwitchMixin, nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """Return ``weight`` (float/calibrate modes) or its fake-quantized copy.
 
-        Without autograd the quantized copy is computed once and reused until the
-        weight or the parameters change (in place, e.g. ``load_state_dict``, or by
-        replacement): evaluation does not re-quantize every weight on every forward.
+        The copy is made on every call and not kept: keeping every layer's quantized
+        weight would hold a second copy of the model (124 MiB for Swin-T + FPN), for a
+        saving of about 0.4% of a CPU forward (measured at 800x1216).
         """
         if self.mode is not QuantMode.QUANTIZED:
             return weight
-        cacheable = not (torch.is_grad_enabled() and weight.requires_grad)
-        key = (id(weight), weight.data_ptr(), weight._version, weight.dtype,
-               self.scale.data_ptr(), self.scale._version, self.zero_point._version)
-        if cacheable and key == self._cache_key:
-            return self._cached
         if not bool(self.calibrated):
             raise RuntimeError('WeightQuantizer used in quantized mode before calibration: '
                                'run calibration (or load a calibrated state) first')
         shape = (-1,) + (1,) * (weight.dim() - 1)
-        quantized = fake_quantize(weight, self.scale.view(shape), self.zero_point.view(shape),
-                                  self.bits)
-        if cacheable:
-            self._cache_key, self._cached = key, quantized
-        else:
-            self._cache_key, self._cached = None, None
-        return quantized
+        return fake_quantize(weight, self.scale.view(shape), self.zero_point.view(shape),
+                             self.bits)
 
     def extra_repr(self) -> str:
         return f'w_bits={self.bits}, per_channel={self.scale.numel()}'
