@@ -14,8 +14,8 @@ from mmengine.logging import print_log
 from ..data import dataset_is_current, generate_dataset
 from ..quant import METHODS
 from ..report import format_table
-from ..report.plots import plot_ap_by_method, plot_groups_per_layer, plot_range_variation
-from .evaluation import allocation_of, channel_range_variation, load_config, run_test
+from ..report.plots import plot_ap_by_method, plot_channel_ranges, plot_groups_per_layer
+from .evaluation import allocation_of, channel_range_statistics, load_config, run_test
 
 DETECTORS = {
     'mask-rcnn': ('configs/demo/mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py',
@@ -136,11 +136,13 @@ def run_demo(settings: DemoSettings) -> list[dict]:
         plot_groups_per_layer(allocation, osp.join(out, 'groups_per_layer.png'),
                               f'Chosen G per layer, W{min(settings.bits)}/A{min(settings.bits)}, '
                               f'G_avg = {settings.g_avg}')
-    variation = channel_range_variation(
+    ranges = channel_range_statistics(
         load_config(quant_config, dict(options, **{'model.backbone.quant.method': 'igq'})),
         checkpoint, osp.join(out, 'runs', 'variation'), settings.variation_images)
-    plot_range_variation(variation, osp.join(out, 'channel_range_variation.png'),
-                         min(settings.variation_images, settings.num_val_images(data)))
+    plot_channel_ranges(ranges, osp.join(out, 'channel_range_variation.png'),
+                        min(settings.variation_images, settings.num_val_images(data)))
+    with open(osp.join(out, 'channel_ranges.json'), 'w') as f:
+        json.dump(ranges, f, indent=2)
     return records
 
 
@@ -148,7 +150,8 @@ def _write_outputs(records: list[dict], out: str, settings: DemoSettings) -> Non
     with open(osp.join(out, 'results.json'), 'w') as f:
         json.dump(records, f, indent=2)
     table = format_table(records, COLUMNS)
-    header = (f'# IGQ demo: {settings.detector}, synthetic COCO val (100 images), '
+    header = (f'# IGQ demo: {settings.detector}, synthetic COCO val '
+              f'({settings.num_val_images(settings.data)} images), '
               f'{settings.calib_images} calibration image(s), G_avg = {settings.g_avg}\n\n')
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(header + _markdown(records))

@@ -73,19 +73,27 @@ def _prepared_runner(cfg: Config, checkpoint: str, work_dir: str) -> Runner:
     return runner
 
 
-def channel_range_variation(cfg: Config, checkpoint: str, work_dir: str,
-                            num_images: int = 8) -> dict[str, float]:
-    """How much channel ranges change from image to image, per quantized layer.
+def channel_range_statistics(cfg: Config, checkpoint: str, work_dir: str,
+                             num_images: int = 8) -> dict[str, dict[str, float]]:
+    """The two channel-range phenomena of every channel-kind IGQ layer.
 
-    For every channel-kind IGQ quantizer: the range ``M - m`` of every channel on each
-    of ``num_images`` images; per channel the coefficient of variation (std/mean)
-    across images; averaged over channels.
+    With the range ``M - m`` of every channel on each of ``num_images`` images:
+
+    - ``variation``: per channel the coefficient of variation (std/mean) of its range
+      across images, averaged over channels. What a static channel grouping cannot
+      follow and IGQ's per-image assignment can.
+    - ``spread``: on each image the largest channel range over the median one, median
+      over images. What one range per layer (``per-tensor``) pays for: at ``b`` bits a
+      median channel gets about ``b - log2(spread)`` bits of resolution.
 
     Args:
         cfg: a config whose backbone is ``IGQBackbone`` with ``method='igq'``.
         checkpoint: float weights.
         work_dir: runner work dir.
         num_images: images from the test dataloader (at most its size).
+
+    Returns:
+        ``{'variation': {layer: value}, 'spread': {layer: value}}``.
     """
     runner = _prepared_runner(cfg, checkpoint, work_dir)
     model = runner.model
@@ -96,14 +104,17 @@ def channel_range_variation(cfg: Config, checkpoint: str, work_dir: str,
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
         for batch in batches:
             model(batch['inputs'], batch['data_samples'], mode='predict')
-    variation = {}
+    stats: dict[str, dict[str, float]] = {'variation': {}, 'spread': {}}
     for name, quantizer in igq_quantizers(model).items():
         if quantizer.kind != 'channel':
             continue
         lower, upper = quantizer.pooled_ranges()
         ranges = (upper - lower).view(len(batches), -1)  # [images, C]
-        variation[name] = float((ranges.std(0) / ranges.mean(0).clamp(min=1e-8)).mean())
-    return variation
+        stats['variation'][name] = float(
+            (ranges.std(0) / ranges.mean(0).clamp(min=1e-8)).mean())
+        stats['spread'][name] = float(
+            (ranges.amax(1) / ranges.median(1).values.clamp(min=1e-8)).median())
+    return stats
 
 
 def allocation_of(report: CalibrationReport | None) -> dict[str, int]:

@@ -57,21 +57,30 @@ def plot_groups_per_layer(groups: Mapping[str, int], path: str, title: str = '')
     return path
 
 
-def plot_range_variation(variation: Mapping[str, float], path: str, images: int) -> str:
-    """Per-layer variation of channel ranges across images (the phenomenon IGQ targets).
+def plot_channel_ranges(stats: Mapping[str, Mapping[str, float]], path: str,
+                        images: int) -> str:
+    """Per-layer channel-range statistics (the phenomena IGQ targets), two panels.
 
     Args:
-        variation: ``{layer: mean over channels of std/mean of the per-image channel
-            range (max - min)}``.
+        stats: ``{'variation': {layer: v}, 'spread': {layer: s}}``: the variation of
+            each channel's range across images (coefficient of variation, mean over
+            channels) and the largest over the median channel range on one image.
         path: output PNG.
-        images: number of images the statistic was computed on.
+        images: number of images the statistics were computed on.
     """
-    names = list(variation)
-    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.16), 4.2))
-    ax.bar(range(len(names)), [variation[n] for n in names], color='tab:orange')
-    ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=6)
-    ax.set_ylabel('coefficient of variation')
-    ax.set_title(f'Channel range variation across {images} images, per quantized layer')
+    names = list(stats['variation'])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.16), 7.5),
+                                      sharex=True)
+    top.bar(range(len(names)), [stats['variation'][n] for n in names], color='tab:orange')
+    top.set_ylabel('coefficient of variation')
+    top.set_title(f'Variation of each channel\'s range across {images} images '
+                  f'(what static groups cannot follow)')
+    bottom.bar(range(len(names)), [stats['spread'][n] for n in names], color='tab:purple')
+    bottom.set_yscale('log')
+    bottom.set_ylabel('max / median channel range')
+    bottom.set_title('Spread of channel ranges within an image (what one range per layer '
+                     'pays for)')
+    bottom.set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -40,6 +40,11 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
         assert record['gbops'] > 0 and record['eval_seconds'] > 0
     for name in ('results.md', 'ap_by_method.png', 'channel_range_variation.png'):
         assert osp.getsize(osp.join(out, name)) > 0
+    ranges = json.load(open(osp.join(out, 'channel_ranges.json')))
+    assert set(ranges) == {'variation', 'spread'} and ranges['variation']
+    assert set(ranges['spread']) == set(ranges['variation'])
+    assert all(v >= 1 for v in ranges['spread'].values())  # largest over median range
+    assert all(v >= 0 for v in ranges['variation'].values())
     # per-layer errors on held-out images of the train split (tools/quant_errors.py)
     errors = load_tool('quant_errors')
     assert errors.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
