@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 
 DISTANCES = ('l2', 'l1')
+# How an item picks its group at run time [choice]: the group whose centre is nearest,
+# or the narrowest group whose quantization range covers the item's range.
+ASSIGNMENTS = ('cover', 'nearest')
 # Up to this many (item, group) pairs the [*S, G] distance table is the cheapest way.
 _TABLE_PAIRS = 1 << 15
 # Items per block above that: [G, block] temporaries stay small and in cache.
@@ -16,6 +19,73 @@ def check_distance(distance: str) -> str:
     if distance not in DISTANCES:
         raise ValueError(f'distance={distance!r} is not supported: allowed are {DISTANCES}')
     return distance
+
+
+def check_assignment(assignment: str) -> str:
+    """Validate the assignment rule name (``'cover'`` or ``'nearest'``)."""
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f'assignment={assignment!r} is not supported: allowed are '
+                         f'{ASSIGNMENTS}')
+    return assignment
+
+
+def cover_order(group_lower: torch.Tensor, group_upper: torch.Tensor) -> torch.Tensor:
+    """Groups from the narrowest range to the widest (ties: lower index first): ``[G]``."""
+    return torch.sort(group_upper - group_lower, stable=True).indices
+
+
+def assign_covering(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch.Tensor,
+                    group_upper: torch.Tensor, order: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """The narrowest group whose range ``[l_g, u_g]`` contains the item's ``[m, M]``.
+
+    Where no group contains it, the group that clips the least,
+    ``argmin_g (M - u_g)^+ + (l_g - m)^+``, the narrowest of equals. An item is never
+    clipped more than the widest groups force, and keeps the finest scale that does
+    not clip it. Items with NaN ranges go to the narrowest group.
+
+    Args:
+        lower: item minima, ``[*S]``.
+        upper: item maxima, ``[*S]``.
+        group_lower: group quantization bounds ``l_g``, ``[G]``.
+        group_upper: ``u_g``, ``[G]``.
+        order: :func:`cover_order` of the groups (computed when omitted).
+
+    Returns:
+        ``[*S]`` int64 group indices.
+
+    Example:
+        >>> assign_covering(torch.tensor([-1., -1., -9.]), torch.tensor([1., 3., 1.]),
+        ...                 torch.tensor([-2., -4.]), torch.tensor([2., 4.]))
+        tensor([0, 1, 1])
+    """
+    if order is None:
+        order = cover_order(group_lower, group_upper)
+    shape, groups = lower.shape, group_lower.numel()
+    if groups == 1:
+        return torch.zeros(shape, dtype=torch.long, device=lower.device)
+    sorted_lower, sorted_upper = group_lower[order], group_upper[order]
+    lower, upper = lower.reshape(-1), upper.reshape(-1)
+    if not bool(sorted_lower.any()) and not bool(lower.any()):
+        position = _covering_upper_only(upper, sorted_upper)
+    else:
+        position = torch.empty(lower.shape, dtype=torch.long, device=lower.device)
+        for start in range(0, lower.numel(), _CPU_BLOCK):
+            part = slice(start, start + _CPU_BLOCK)
+            clipped = ((upper[part, None] - sorted_upper).clamp_(min=0)
+                       + (sorted_lower - lower[part, None]).clamp_(min=0))  # [block, G]
+            torch.argmin(clipped, dim=1, out=position[part])  # first = narrowest
+    return order[position].view(shape)
+
+
+def _covering_upper_only(upper: torch.Tensor, sorted_upper: torch.Tensor) -> torch.Tensor:
+    """:func:`assign_covering`'s sorted position when every lower bound is 0 (softmax
+    rows): the first group with ``u_g >= M``, else the first of the widest."""
+    groups = sorted_upper.numel()
+    position = torch.searchsorted(sorted_upper.contiguous(), upper.contiguous(), right=False)
+    widest = int(torch.searchsorted(sorted_upper.contiguous(), sorted_upper[-1:]))
+    position.masked_fill_(position >= groups, widest)  # in place: [R] vectors add up
+    return position.masked_fill_(torch.isnan(upper), 0)
 
 
 def range_distances(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch.Tensor,

@@ -34,7 +34,15 @@ class GroupFit:
     converged: bool
 
     def envelope(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([G], [G])``: min of the assigned minima and max of the assigned maxima.
+        """``([G], [G])``: min of the assigned minima and max of the assigned maxima; the
+        widest group spans every calibration range.
+
+        No calibrated item is clipped by its group, and an item of a new instance that
+        no group contains still finds the widest group as wide as the per-tensor
+        quantizer's range (with G = 1 it is that quantizer). Without the widest group's
+        extension the groups together covered less than the per-tensor range, and on
+        held-out images IGQ's error at 6 bits stayed above per-tensor's (README, "Group
+        assignment").
 
         Args:
             lower: the ``[P]`` minima the fit was computed on.
@@ -45,6 +53,8 @@ class GroupFit:
         env_upper = torch.full((groups,), float('-inf'), dtype=upper.dtype)
         env_lower.scatter_reduce_(0, self.assignment, lower.reshape(-1), 'amin')
         env_upper.scatter_reduce_(0, self.assignment, upper.reshape(-1), 'amax')
+        widest = int(torch.argmax(env_upper - env_lower))
+        env_lower[widest], env_upper[widest] = lower.min(), upper.max()
         return env_lower, env_upper
 
 

@@ -109,9 +109,10 @@ class RoIClassPredictor:
         shapes = [tuple(f.shape[-2:]) for f in feats[:extractor.num_inputs]]
         return FixedRoIExtractor(extractor, rois, shapes)
 
-    def _stage_scores(self, index: int, stage: int, feats, rois) -> torch.Tensor:
+    def _stage_scores(self, index: int, stage: int, feats, rois,
+                      mmcv_pooling: bool = False) -> torch.Tensor:
         """Class scores ``[R, K + 1]`` of RoI stage ``stage`` on image ``index``."""
-        if self.fixed_extractors is None:
+        if self.fixed_extractors is None or mmcv_pooling:
             head = self.model.roi_head
             result = (head._bbox_forward(stage, feats, rois) if self.cascade
                       else head._bbox_forward(feats, rois))
@@ -120,9 +121,9 @@ class RoIClassPredictor:
         pooled = self.fixed_extractors[index][stage](feats[:extractor.num_inputs])
         return bbox_head(pooled)[0]
 
-    def _scores(self, index: int, feats) -> torch.Tensor:
+    def _scores(self, index: int, feats, mmcv_pooling: bool = False) -> torch.Tensor:
         """Class scores of image ``index``, averaged over the stages (Cascade)."""
-        scores = [self._stage_scores(index, stage, feats, rois)
+        scores = [self._stage_scores(index, stage, feats, rois, mmcv_pooling)
                   for stage, rois in enumerate(self.stage_rois[index])]
         return scores[0] if len(scores) == 1 else sum(scores) / len(scores)
 
@@ -152,9 +153,14 @@ class RoIClassPredictor:
     def _predict(self, layer: str | None) -> list[torch.Tensor]:
         outputs = []
         with torch.no_grad():
+            # a quantized RoI-head layer sees the pooled features themselves: pooled by
+            # mmcv, as in the naive search, a last-bit difference cannot move a value
+            # across a rounding boundary
+            mmcv_pooling = layer is not None and layer.startswith('roi_head.')
             for index in range(len(self.stage_rois)):
                 feats = self._features(index, layer)
-                outputs.append(F.softmax(self._scores(index, feats).float(), dim=-1))
+                scores = self._scores(index, feats, mmcv_pooling)
+                outputs.append(F.softmax(scores.float(), dim=-1))
         return outputs
 
     def __call__(self) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
-from ..grouping import check_distance
+from ..grouping import check_assignment, check_distance
 from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS, ActivationQuantizer,
                      IGQQuantizer, build_activation_quantizer, check_bits, check_method)
 from .layers import QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax
@@ -34,6 +34,8 @@ class QuantConfig:
         distance: ``'l2'`` or ``'l1'`` range distance of the assignment.
         bounds: IGQ group quantization range, ``'envelope'`` (default) or
             ``'mean'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
+        assignment: IGQ run-time group choice, ``'cover'`` (default) or
+            ``'nearest'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
         attention: also quantize Q/K/V operands and the softmax attention.
         first_layer_bits: bits of the first layer's weights and input [choice: 8].
         weight_percentiles: clipping percentiles searched per weight channel.
@@ -46,6 +48,7 @@ class QuantConfig:
     candidates: Sequence[int] = DEFAULT_CANDIDATES
     distance: str = 'l2'
     bounds: str = 'envelope'
+    assignment: str = 'cover'
     attention: bool = True
     first_layer_bits: int = 8
     weight_percentiles: Sequence[float] = field(default=DEFAULT_PERCENTILES)
@@ -56,6 +59,7 @@ class QuantConfig:
         check_bits(self.a_bits, 'a_bits')
         check_bits(self.first_layer_bits, 'first_layer_bits')
         check_distance(self.distance)
+        check_assignment(self.assignment)
         if self.bounds not in GROUP_BOUNDS:
             raise ValueError(f'bounds={self.bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
@@ -72,7 +76,8 @@ class QuantConfig:
         """Build this config's activation quantizer for one layer."""
         groups = self.groups if channels is None else min(self.groups, channels)
         return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
-                                          groups, self.candidates, self.distance, self.bounds)
+                                          groups, self.candidates, self.distance, self.bounds,
+                                          self.assignment)
 
 
 # Float layer classes converted, by the wrapper they become. Subclasses that only add

@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..grouping import (assign_groups, check_channel_dim, check_distance, check_groups,
+from ..grouping import (assign_covering, assign_groups, check_assignment, check_channel_dim,
+                        check_distance, check_groups, cover_order,
                         fit_group_ranges, instance_channel_ranges)
 from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
                                split_instances)
@@ -283,23 +284,30 @@ class IGQQuantizer(ActivationQuantizer):
     Args:
         groups: active G (must be one of the usable candidates).
         candidates: group counts calibrated; counts above ``channels`` are dropped.
-        distance: ``'l2'`` or ``'l1'`` range distance.
+        distance: ``'l2'`` or ``'l1'`` range distance (calibration, and the
+            ``'nearest'`` assignment).
         max_iter: alternating calibration rounds.
         bounds: quantization range of a group [choice]: ``'envelope'`` (default: the
             min/max over the calibration ranges of its members, so no calibrated
             channel is clipped and G=1 is the per-tensor min/max quantizer) or
             ``'mean'`` (the group's centre, the mean of its members' ranges, the
             method doc's wording; it clips every member wider than the mean, and at
-            G=1 clips all outlier channels). Items are always assigned to the
-            nearest centre. See README, "Group bounds", for the measurements.
+            G=1 clips all outlier channels). See README, "Group bounds".
+        assignment: run-time rule [choice]: ``'cover'`` (default: the narrowest group
+            whose quantization range contains the item's range on this instance, else
+            the one that clips least; see :func:`~igq_plugin.grouping.assign_covering`)
+            or ``'nearest'`` (the group whose centre is nearest by ``distance``, the
+            method doc's wording, which clips every item wider than the range of its
+            nearest group). See README, "Group assignment", for the measurements.
     """
 
     method = 'igq'
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
                  candidates: Sequence[int] = DEFAULT_CANDIDATES, distance: str = 'l2',
-                 max_iter: int = 20, bounds: str = 'envelope'):
+                 max_iter: int = 20, bounds: str = 'envelope', assignment: str = 'cover'):
         super().__init__(bits, channels, kind, channel_dim)
+        self.assignment = check_assignment(assignment)
         if bounds not in GROUP_BOUNDS:
             raise ValueError(f'bounds={bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
         self.bounds = bounds
@@ -385,7 +393,8 @@ class IGQQuantizer(ActivationQuantizer):
         return self.centre_lower[row, :groups], self.centre_upper[row, :groups]
 
     def _active_tables(self) -> tuple[torch.Tensor, ...]:
-        """``(scale, zero, centre_lower, centre_upper)`` of the active group count.
+        """``(scale, zero, centre_lower, centre_upper, cover_order)`` of the active
+        group count.
 
         Each ``[G]``; ``zero`` is 0-dim when every group has the same zero point (the
         softmax groups, all 0). Recomputed only when a buffer or ``bits`` changes (in
@@ -398,13 +407,16 @@ class IGQQuantizer(ActivationQuantizer):
             scale, zero = qparams_from_bounds(*self.active_ranges(), self.bits)
             if bool((zero == zero[0]).all()):
                 zero = zero[0]
-            self._tables_key, self._tables = key, (scale, zero, *self.active_centres())
+            order = cover_order(*self.active_ranges())
+            self._tables_key, self._tables = key, (scale, zero, *self.active_centres(), order)
         return self._tables
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Group index of every item of ``x``: ``[I, C]`` (channels) or ``[R]`` (rows)."""
         lower, upper = self._item_ranges(x)
-        centre_lower, centre_upper = self._active_tables()[2:]
+        centre_lower, centre_upper, order = self._active_tables()[2:]
+        if self.assignment == 'cover':
+            return assign_covering(lower, upper, *self.active_ranges(), order)
         return assign_groups(lower, upper, centre_lower, centre_upper, self.distance)
 
     def quantize(self, x):
@@ -418,7 +430,8 @@ class IGQQuantizer(ActivationQuantizer):
 
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '
-                f'candidates={self.candidates}, distance={self.distance}, bounds={self.bounds}')
+                f'candidates={self.candidates}, distance={self.distance}, bounds={self.bounds}, '
+                f'assignment={self.assignment}')
 
 
 class UpperBoundQuantizer(ActivationQuantizer):
@@ -508,7 +521,8 @@ def check_method(method: str) -> str:
 def build_activation_quantizer(method: str, bits: int, channels: int | None = None,
                                kind: str = 'channel', channel_dim: int = -1, groups: int = 8,
                                candidates: Sequence[int] = DEFAULT_CANDIDATES,
-                               distance: str = 'l2', bounds: str = 'envelope') -> ActivationQuantizer:
+                               distance: str = 'l2', bounds: str = 'envelope',
+                               assignment: str = 'cover') -> ActivationQuantizer:
     """Build the activation quantizer named ``method``.
 
     The grouping options are ignored by methods without groups.
@@ -523,7 +537,8 @@ def build_activation_quantizer(method: str, bits: int, channels: int | None = No
         return cls(bits, channels, kind, channel_dim, groups=groups)
     if cls is IGQQuantizer:
         quantizer = cls(bits, channels, kind, channel_dim, groups=groups,
-                        candidates=candidates, distance=distance, bounds=bounds)
+                        candidates=candidates, distance=distance, bounds=bounds,
+                        assignment=assignment)
         quantizer.method = method
         return quantizer
     return cls(bits, channels, kind, channel_dim)

@@ -119,3 +119,32 @@ def test_half_precision_items_promote_like_the_table():
     centre_lower, centre_upper = -torch.rand(4), torch.rand(4)
     assert torch.equal(assign_groups(lower, upper, centre_lower, centre_upper),
                        reference_assign(lower, upper, centre_lower, centre_upper, 'l2'))
+
+
+def test_covering_assignment_picks_the_narrowest_group_that_does_not_clip():
+    from igq_plugin.grouping import assign_covering, check_assignment
+    group_lower = torch.tensor([-4.0, -1.0, -1.0, -2.0])
+    group_upper = torch.tensor([4.0, 1.0, 1.0, 3.0])
+    lower = torch.tensor([-0.5, -0.5, -1.5, -9.0, -1.0, float('nan')])
+    upper = torch.tensor([0.5, 2.0, 2.9, 9.0, 3.5, 1.0])
+    # inside [-1, 1] (first of two equal groups); [-2, 3]; [-2, 3]; only the widest
+    # clips least; [-1, 3.5] clips 0.5 in [-2, 3] and 0 in [-4, 4]; NaN: narrowest
+    assert assign_covering(lower, upper, group_lower, group_upper).tolist() == [1, 3, 3, 0, 0, 1]
+    with pytest.raises(ValueError, match="allowed are \\('cover', 'nearest'\\)"):
+        check_assignment('closest')
+
+
+@pytest.mark.parametrize('groups', [2, 5, 16])
+def test_covering_assignment_of_softmax_rows_equals_the_table(groups):
+    from igq_plugin.grouping import assign_covering
+    gen = torch.Generator().manual_seed(groups)
+    group_upper = torch.rand(groups, generator=gen).round(decimals=1)  # ties on purpose
+    row_max = torch.rand(50000, generator=gen)
+    row_max[:3] = torch.tensor([float('nan'), 1.5, 0.0])
+    zeros = torch.zeros_like(row_max)
+    fast = assign_covering(zeros, row_max, torch.zeros(groups), group_upper)
+    # the general path: give one item a tiny negative minimum so that it is taken
+    shifted = zeros.clone()
+    shifted[-1] = -1e-30
+    table = assign_covering(shifted, row_max, torch.zeros(groups), group_upper)
+    assert torch.equal(fast[:-1], table[:-1])

@@ -37,9 +37,23 @@ def reference_items(q, x, scale, zero):
     return reference_fake_quantize(rows, scale[:, None], zero[:, None], q.bits).reshape(x.shape)
 
 
+def reference_cover(lower, upper, group_lower, group_upper):
+    """Narrowest group of least clipping (ties: lower index); NaN items: narrowest."""
+    clipped = ((upper[..., None] - group_upper).clamp(min=0)
+               + (group_lower - lower[..., None]).clamp(min=0))
+    least = clipped == clipped.amin(dim=-1, keepdim=True)
+    width = (group_upper - group_lower).expand_as(clipped)
+    index = torch.where(least, width, torch.inf).argmin(dim=-1)
+    narrowest = (group_upper - group_lower).argmin()
+    return torch.where(torch.isnan(lower) | torch.isnan(upper), narrowest, index)
+
+
 def reference_igq(q, x):
     lower, upper = reference_item_ranges(q, x)
-    index = range_distances(lower, upper, *q.active_centres(), q.distance).argmin(dim=-1)
+    if q.assignment == 'cover':
+        index = reference_cover(lower, upper, *q.active_ranges())
+    else:
+        index = range_distances(lower, upper, *q.active_centres(), q.distance).argmin(dim=-1)
     scale, zero = qparams_from_bounds(*q.active_ranges(), q.bits)
     return reference_items(q, x, scale[index], zero[index])
 
@@ -169,12 +183,14 @@ def test_other_dtypes_use_the_formula(dtype):
 
 
 # -- the quantizers ------------------------------------------------------------------------
+@pytest.mark.parametrize('assignment', ['cover', 'nearest'])
 @pytest.mark.parametrize('distance', ['l2', 'l1'])
 @pytest.mark.parametrize('bounds', ['envelope', 'mean'])
 @pytest.mark.parametrize('groups', [1, 4, 8, 16])
-def test_igq_channels_last_several_instances(distance, bounds, groups):
+def test_igq_channels_last_several_instances(assignment, distance, bounds, groups):
     calib = activations(4, 50, 32, seed=1)
-    q = calibrate(IGQQuantizer(4, 32, groups=groups, distance=distance, bounds=bounds), calib)
+    q = calibrate(IGQQuantizer(4, 32, groups=groups, distance=distance, bounds=bounds,
+                               assignment=assignment), calib)
     x = activations(3, 40, 32, seed=2)
     assert same_bits(quantized(q, x), reference_igq(q, x))
 
@@ -201,21 +217,25 @@ def test_igq_channels_first_conv_input(memory_format):
     assert same_bits(quantized(q, x), reference_igq(q, x))
 
 
-def test_igq_every_token_its_own_instance_uses_bounded_blocks():
+@pytest.mark.parametrize('assignment', ['cover', 'nearest'])
+def test_igq_every_token_its_own_instance_uses_bounded_blocks(assignment):
     # a 2-D input without num_instances: every row is an instance, 400 * 96 items
-    q = calibrate(IGQQuantizer(4, 96, groups=8, candidates=(8,)), activations(50, 96, seed=9))
+    q = calibrate(IGQQuantizer(4, 96, groups=8, candidates=(8,), assignment=assignment),
+                  activations(50, 96, seed=9))
     x = activations(400, 96, seed=10)
     assert same_bits(quantized(q, x), reference_igq(q, x))
 
 
+@pytest.mark.parametrize('assignment', ['cover', 'nearest'])
 @pytest.mark.parametrize('groups', [1, 4, 8])
-def test_igq_softmax_rows(groups):
+def test_igq_softmax_rows(groups, assignment):
     def attention(*shape, seed):
         gen = torch.Generator().manual_seed(seed)
         logits = torch.randn(shape, generator=gen) * torch.rand(*shape[:-1], 1, generator=gen) * 6
         return torch.softmax(logits, dim=-1)
 
-    q = calibrate(IGQQuantizer(4, kind='softmax', groups=groups), attention(4, 3, 49, 49, seed=11))
+    q = calibrate(IGQQuantizer(4, kind='softmax', groups=groups, assignment=assignment),
+                  attention(4, 3, 49, 49, seed=11))
     for x in (attention(8, 3, 49, 49, seed=12),             # 1176 rows: distance table
               attention(240, 3, 49, 49, seed=13),           # 35280 rows: blocks
               attention(2, 49, 3, 49, seed=14).transpose(1, 2)):  # non-contiguous map
