@@ -214,28 +214,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_call(fn: Callable[[], object], device: torch.device, min_time: float,
-                     blocks: int = 5) -> float:
-    """Median seconds of one ``fn()`` call over ``blocks`` blocks of calls.
+def seconds_per_call(fns: dict[str, Callable[[], object]], device: torch.device,
+                     min_time: float, blocks: int = 7) -> dict[str, float]:
+    """Median seconds of one call of every ``fns[name]()``, the blocks interleaved.
 
-    The calls per block are chosen from a warm-up so that all blocks together take
+    Block ``k`` of every function runs before block ``k + 1`` of any, so a slow spell
+    of the machine falls on all of them alike and their ratios stay fair. The calls
+    per block are chosen from a warm-up so that each function's blocks together take
     about ``min_time`` seconds.
     """
-    fn()
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    single = max(time.perf_counter() - start, 1e-9)
-    calls = max(1, math.ceil(min_time / blocks / single))
-    times = []
-    for _ in range(blocks):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
+    calls = {}
+    for name, fn in fns.items():
+        fn()
         synchronize(device)
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        single = max(time.perf_counter() - start, 1e-9)
+        calls[name] = max(1, math.ceil(min_time / blocks / single))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def release(device: torch.device) -> None:
@@ -484,9 +489,10 @@ def run_quantizers(args: argparse.Namespace, device: torch.device) -> dict:
         row = dict(name=spec['name'], kind=spec['kind'], shape=list(spec['shape']),
                    elements=x.numel())
         with torch.no_grad():
-            for label, fn in quantizer_candidates(spec['kind'], channels, x).items():
-                seconds = seconds_per_call(fn, device, args.min_time)
-                row[label] = dict(seconds=seconds, elements_per_second=x.numel() / seconds)
+            timed = seconds_per_call(quantizer_candidates(spec['kind'], channels, x), device,
+                                     args.min_time)
+        for label, seconds in timed.items():
+            row[label] = dict(seconds=seconds, elements_per_second=x.numel() / seconds)
         row['igq_over_per_tensor'] = (row['igq G=8']['elements_per_second']
                                       / row['per-tensor']['elements_per_second'])
         rows.append(row)

@@ -61,31 +61,64 @@ def assign_covering(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch
     """
     if order is None:
         order = cover_order(group_lower, group_upper)
-    shape, groups = lower.shape, group_lower.numel()
+    position = covering_positions(lower, upper, group_lower[order], group_upper[order])
+    return order.index_select(0, position.reshape(-1)).view(position.shape)
+
+
+def covering_positions(lower: torch.Tensor | None, upper: torch.Tensor,
+                       sorted_lower: torch.Tensor, sorted_upper: torch.Tensor) -> torch.Tensor:
+    """:func:`assign_covering` as positions in the groups' :func:`cover_order`.
+
+    Args:
+        lower: item minima ``[*S]``, or ``None`` when every item minimum is 0 (softmax
+            rows), which the caller guarantees.
+        upper: item maxima ``[*S]``.
+        sorted_lower: ``l_g`` in cover order, ``[G]``.
+        sorted_upper: ``u_g`` in cover order, ``[G]``.
+
+    Returns:
+        ``[*S]`` int64 positions in ``[0, G)``: ``order[position]`` is the group.
+    """
+    shape, groups = upper.shape, sorted_upper.numel()
     if groups == 1:
-        return torch.zeros(shape, dtype=torch.long, device=lower.device)
-    sorted_lower, sorted_upper = group_lower[order], group_upper[order]
-    lower, upper = lower.reshape(-1), upper.reshape(-1)
-    if not bool(sorted_lower.any()) and not bool(lower.any()):
-        position = _covering_upper_only(upper, sorted_upper)
-    else:
-        position = torch.empty(lower.shape, dtype=torch.long, device=lower.device)
-        for start in range(0, lower.numel(), _CPU_BLOCK):
-            part = slice(start, start + _CPU_BLOCK)
-            clipped = ((upper[part, None] - sorted_upper).clamp_(min=0)
-                       + (sorted_lower - lower[part, None]).clamp_(min=0))  # [block, G]
-            torch.argmin(clipped, dim=1, out=position[part])  # first = narrowest
-    return order[position].view(shape)
+        return torch.zeros(shape, dtype=torch.long, device=upper.device)
+    upper = upper.reshape(-1)
+    zero_lower = not bool(sorted_lower.any())
+    if zero_lower and (lower is None or not bool(lower.any())):
+        return _covering_upper_only(upper, sorted_upper).view(shape)
+    if lower is None:
+        lower = torch.zeros_like(upper)
+    lower = lower.reshape(-1)
+    position = torch.empty(upper.shape, dtype=torch.long, device=upper.device)
+    for start in range(0, upper.numel(), _CPU_BLOCK):
+        part = slice(start, start + _CPU_BLOCK)
+        clipped = ((upper[part, None] - sorted_upper).clamp_(min=0)
+                   + (sorted_lower - lower[part, None]).clamp_(min=0))  # [block, G]
+        torch.argmin(clipped, dim=1, out=position[part])  # first = narrowest
+    return position.view(shape)
 
 
 def _covering_upper_only(upper: torch.Tensor, sorted_upper: torch.Tensor) -> torch.Tensor:
-    """:func:`assign_covering`'s sorted position when every lower bound is 0 (softmax
-    rows): the first group with ``u_g >= M``, else the first of the widest."""
+    """:func:`covering_positions` when every lower bound is 0 (softmax rows): ``[R]``.
+
+    The first group with ``u_g >= M`` is at position ``#{g: u_g < M}`` (the uppers
+    grow along the cover order), counted as ``sum_g max(sign(M - u_g), 0)`` over a
+    ``[G, block]`` table: vectorised float arithmetic, 3x faster on CPU than
+    ``searchsorted``'s scalar binary searches. Where no group covers ``M`` the count is
+    ``G``; clamping it to the first of the widest groups is exact, because an ``M``
+    that some group covers counts at most the groups narrower than the widest. A NaN
+    ``M`` gives a NaN count: position 0, the narrowest group.
+    """
     groups = sorted_upper.numel()
-    position = torch.searchsorted(sorted_upper.contiguous(), upper.contiguous(), right=False)
     widest = int(torch.searchsorted(sorted_upper.contiguous(), sorted_upper[-1:]))
-    position.masked_fill_(position >= groups, widest)  # in place: [R] vectors add up
-    return position.masked_fill_(torch.isnan(upper), 0)
+    bounds = sorted_upper.reshape(groups, 1)
+    position = torch.empty(upper.shape, dtype=torch.long, device=upper.device)
+    for start in range(0, upper.numel(), _CPU_BLOCK):
+        part = slice(start, start + _CPU_BLOCK)
+        below = torch.sub(upper[part], bounds).sign_().clamp_(min=0)  # [G, block]
+        count = below.sum(dim=0).nan_to_num_(0.0).clamp_(max=widest)
+        position[part].copy_(count)
+    return position
 
 
 def range_distances(lower: torch.Tensor, upper: torch.Tensor, group_lower: torch.Tensor,

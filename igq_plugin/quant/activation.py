@@ -18,15 +18,15 @@ Methods (method doc, section 7): ``per-tensor``, ``static-group``, ``igq-fixed``
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..grouping import (assign_covering, assign_groups, check_assignment, check_channel_dim,
-                        check_distance, check_groups, cover_order,
-                        fit_group_ranges, instance_channel_ranges)
+from ..grouping import (assign_groups, check_assignment, check_channel_dim, check_distance,
+                        check_groups, cover_order, covering_positions, fit_group_ranges,
+                        instance_channel_ranges)
 from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
                                split_instances)
 from .mode import ModeSwitchMixin, QuantMode
@@ -159,6 +159,8 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
                              zero: torch.Tensor) -> torch.Tensor:
         """Fake-quantize with per-item parameters as returned by :meth:`_item_ranges`.
 
+        The zero points must come from :func:`qparams_from_bounds` (integers).
+
         The parameters (or a 0-dim one shared by every item) are broadcast against a
         view of ``x`` (no copy of ``x``); the result has the shape of ``x``.
         """
@@ -166,10 +168,11 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
             view, _ = split_instances(x, self.channel_dim, self.num_instances)
             out = fake_quantize(view, *(p if p.dim() == 0 else
                                         instance_param_view(p, view, self.channel_dim)
-                                        for p in (scale, zero)), self.bits)
+                                        for p in (scale, zero)), self.bits,
+                                integer_zero_point=True)
             return out.reshape(x.shape)
         return fake_quantize(x, *(p if p.dim() == 0 else row_param_view(p, x)
-                                  for p in (scale, zero)), self.bits)
+                                  for p in (scale, zero)), self.bits, integer_zero_point=True)
 
     def _channel_shape(self) -> tuple[int, ...]:
         """Shape that broadcasts a ``[C]`` vector along the channel dimension."""
@@ -272,6 +275,29 @@ class StaticGroupQuantizer(_MinMaxStatistics):
         return super().extra_repr() + f', groups={self.groups}'
 
 
+class _GroupTables(NamedTuple):
+    """Per-group run-time parameters of an :class:`IGQQuantizer`'s active G.
+
+    Every field is ``[G]``, except a zero point shared by every group (softmax groups,
+    all 0), which is 0-dim. ``sorted_*`` are the same tables in :func:`cover_order`.
+    """
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    centre_lower: torch.Tensor
+    centre_upper: torch.Tensor
+    order: torch.Tensor
+    sorted_lower: torch.Tensor
+    sorted_upper: torch.Tensor
+    sorted_scale: torch.Tensor
+    sorted_zero: torch.Tensor
+
+
+def _shared_or_all(values: torch.Tensor) -> torch.Tensor:
+    """``values[0]`` (0-dim) when every entry equals it, else ``values``."""
+    return values[0] if bool((values == values[0]).all()) else values
+
+
 class IGQQuantizer(ActivationQuantizer):
     """Instance-aware group quantizer (method doc, sections 3 and 4).
 
@@ -330,7 +356,7 @@ class IGQQuantizer(ActivationQuantizer):
         self._pairs_upper: list[torch.Tensor] = []
         self.fit_iterations: dict[int, int] = {}
         self._tables_key: tuple | None = None
-        self._tables: tuple[torch.Tensor, ...] = ()
+        self._tables: _GroupTables | None = None
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -392,36 +418,49 @@ class IGQQuantizer(ActivationQuantizer):
         row, groups = self._active_row()
         return self.centre_lower[row, :groups], self.centre_upper[row, :groups]
 
-    def _active_tables(self) -> tuple[torch.Tensor, ...]:
-        """``(scale, zero, centre_lower, centre_upper, cover_order)`` of the active
-        group count.
+    def _active_tables(self) -> _GroupTables:
+        """Run-time tables of the active group count (see :class:`_GroupTables`).
 
-        Each ``[G]``; ``zero`` is 0-dim when every group has the same zero point (the
-        softmax groups, all 0). Recomputed only when a buffer or ``bits`` changes (in
-        place, e.g. ``set_groups`` or ``load_state_dict``, or by replacement).
+        Recomputed only when a buffer or ``bits`` changes (in place, e.g.
+        ``set_groups`` or ``load_state_dict``, or by replacement).
         """
         key = (self.bits,) + tuple((id(b), b.data_ptr(), b._version) for b in (
             self.groups, self.candidate_groups, self.group_lower, self.group_upper,
             self.centre_lower, self.centre_upper))
         if key != self._tables_key:
-            scale, zero = qparams_from_bounds(*self.active_ranges(), self.bits)
-            if bool((zero == zero[0]).all()):
-                zero = zero[0]
-            order = cover_order(*self.active_ranges())
-            self._tables_key, self._tables = key, (scale, zero, *self.active_centres(), order)
+            lower, upper = self.active_ranges()
+            scale, zero = qparams_from_bounds(lower, upper, self.bits)
+            order = cover_order(lower, upper)
+            self._tables_key, self._tables = key, _GroupTables(
+                scale, _shared_or_all(zero), *self.active_centres(), order,
+                lower[order], upper[order], scale[order], _shared_or_all(zero[order]))
         return self._tables
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Group index of every item of ``x``: ``[I, C]`` (channels) or ``[R]`` (rows)."""
-        lower, upper = self._item_ranges(x)
-        centre_lower, centre_upper, order = self._active_tables()[2:]
+        tables = self._active_tables()
         if self.assignment == 'cover':
-            return assign_covering(lower, upper, *self.active_ranges(), order)
-        return assign_groups(lower, upper, centre_lower, centre_upper, self.distance)
+            return tables.order[self._covering_positions(x, tables)]
+        lower, upper = self._item_ranges(x)
+        return assign_groups(lower, upper, tables.centre_lower, tables.centre_upper,
+                             self.distance)
+
+    def _covering_positions(self, x: torch.Tensor, tables: _GroupTables) -> torch.Tensor:
+        """Positions in the cover order of every item's group (``'cover'`` rule)."""
+        if self.kind == 'softmax':  # every row minimum is 0: no zero tensor to build
+            return covering_positions(None, softmax_row_max(x), tables.sorted_lower,
+                                      tables.sorted_upper)
+        return covering_positions(*self._item_ranges(x), tables.sorted_lower,
+                                  tables.sorted_upper)
 
     def quantize(self, x):
-        scale, zero = self._active_tables()[:2]
-        index = self.assign(x)
+        tables = self._active_tables()
+        if self.assignment == 'cover':  # gather straight from the tables in cover order
+            index = self._covering_positions(x, tables)
+            scale, zero = tables.sorted_scale, tables.sorted_zero
+        else:
+            index = self.assign(x)
+            scale, zero = tables.scale, tables.zero
         flat = index.reshape(-1)  # index_select: a fast gather, unlike advanced indexing
         scale = scale.index_select(0, flat).view(index.shape)
         if zero.dim():

@@ -110,7 +110,7 @@ class _RoundSTE(torch.autograd.Function):
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                  bits: int) -> torch.Tensor:
+                  bits: int, integer_zero_point: bool = False) -> torch.Tensor:
     """Quantize then dequantize, differentiable with a straight-through estimator.
 
     The gradient w.r.t. ``x`` is 1 inside the representable range and 0 where the
@@ -126,6 +126,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
         scale: broadcastable to ``x``.
         zero_point: broadcastable to ``x``.
         bits: bit-width.
+        integer_zero_point: the caller guarantees that every zero point is an integer
+            in ``[0, 2^b - 1]`` (as :func:`qparams_from_bounds` gives), which spares
+            the in-place path a check on every call.
 
     Returns:
         ``x_hat`` with the broadcast shape of the inputs.
@@ -137,7 +140,7 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
         tensor([-1., 0., 0., 2.])
     """
     if _inference_ok(x, scale, zero_point):
-        return _fake_quantize_inplace(x, scale, zero_point, bits)
+        return _fake_quantize_inplace(x, scale, zero_point, bits, integer_zero_point)
     codes = torch.clamp(_RoundSTE.apply(x * (1.0 / scale)) + zero_point, 0, qmax(bits))
     return (codes - zero_point) * scale
 
@@ -164,7 +167,7 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
 
 
 def _fake_quantize_inplace(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                           bits: int) -> torch.Tensor:
+                           bits: int, integer_zero_point: bool = False) -> torch.Tensor:
     """:func:`fake_quantize` without autograd, in one output tensor, bit for bit.
 
     In general each step of the formula is done in place (all operands have one
@@ -184,7 +187,7 @@ def _fake_quantize_inplace(x: torch.Tensor, scale: torch.Tensor, zero_point: tor
         out.clamp_(0, levels)
         return out.mul_(scale).add_(0.0)
     if _varies_along_last(scale, out) and _varies_along_last(zero_point, out) and \
-            _small_integers(zero_point):
+            (integer_zero_point or _small_integers(zero_point)):
         out.clamp_(-zero_point, levels - zero_point)
         return torch.addcmul(out.new_zeros(()), out, scale, out=out)
     out.add_(zero_point).clamp_(0, levels).sub_(zero_point)
