@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--search', nargs='+', choices=('fast', 'naive'), default=['fast'],
                         help='sensitivity searches to time in the calibration part (naive: '
                              'one full forward per layer and candidate; slow)')
+    parser.add_argument('--search-rois', type=positive(int), nargs='*', default=[],
+                        metavar='K',
+                        help='also time the fast search on only the K best-scored float '
+                             'proposals per image (IGQCalibrationHook(search_rois=K)); '
+                             'reports how many layers get another G than with all RoIs')
     parser.add_argument('--images', type=positive(int), default=3,
                         help='timed images per variant, after 1 warm-up (default: 3)')
     parser.add_argument('--min-time', type=positive(float), default=0.5,
@@ -343,13 +348,17 @@ def build_variant(variant: Variant, float_state: dict, score_thr: float,
     return model
 
 
-def calibrate(model: nn.Module, batches: list[dict], reuse_prefix: bool = True):
+def calibrate(model: nn.Module, batches: list[dict], reuse_prefix: bool = True,
+              search_rois: int | None = None):
     """Calibrate as the hook does; returns the :class:`CalibrationReport`.
 
     Revisions of the plugin before the fast search had only the naive one (and no
     ``reuse_prefix``): the benchmark still runs on them, for before/after figures.
     """
-    if 'reuse_prefix' in inspect.signature(calibrate_model).parameters:
+    if search_rois is not None:
+        report = calibrate_model(model, batches, model.backbone.igq_config, progress=None,
+                                 reuse_prefix=reuse_prefix, search_rois=search_rois)
+    elif 'reuse_prefix' in inspect.signature(calibrate_model).parameters:
         report = calibrate_model(model, batches, model.backbone.igq_config, progress=None,
                                  reuse_prefix=reuse_prefix)
     elif reuse_prefix and model.backbone.igq_config.method == 'igq':
@@ -533,16 +542,19 @@ def timed_callees(module, names: Sequence[str]) -> Iterator[dict[str, float]]:
 
 
 def calibrate_once(args: argparse.Namespace, device: torch.device, float_state: dict,
-                   search: str, float_seconds: float) -> dict:
+                   search: str, float_seconds: float, search_rois: int | None = None) -> dict:
     """One calibration + allocation of the igq variant with the ``fast`` or ``naive``
-    sensitivity search; seconds by phase and in float forwards of one image."""
-    print_log(f'benchmark: calibration, {CALIBRATION_VARIANT.name}, {search} search',
+    sensitivity search (on the ``search_rois`` best float proposals, or all);
+    seconds by phase and in float forwards of one image."""
+    label = search if search_rois is None else f'{search} top-{search_rois} RoIs'
+    print_log(f'benchmark: calibration, {CALIBRATION_VARIANT.name}, {label} search',
               logger='current')
     model = build_variant(CALIBRATION_VARIANT, float_state, args.score_thr, device)
     batches = calibration_batches(model, args.calib_image_size, args.seed)
     synchronize(device)
     with timed_callees(calibration_module, CALIBRATION_PHASES) as seconds:
-        report = calibrate(model, batches, reuse_prefix=search == 'fast')
+        report = calibrate(model, batches, reuse_prefix=search == 'fast',
+                           search_rois=search_rois)
     synchronize(device)
     layers = igq_quantizers(model)
     # the rest of calibrate_model: the calibration forwards (plus bookkeeping, and any
@@ -554,7 +566,7 @@ def calibrate_once(args: argparse.Namespace, device: torch.device, float_state: 
     del model
     release(device)
     return dict(
-        search=search, num_images=report.num_images,
+        search=label, search_rois=search_rois, num_images=report.num_images,
         phases={name: dict(seconds=s, float_forwards=None if s is None else s / float_seconds)
                 for name, s in phases.items()},
         layers=len(layers), sensitivity_evaluations=sum(len(q.candidates)
@@ -577,9 +589,15 @@ def run_calibration(args: argparse.Namespace, device: torch.device, float_state:
     runs = [calibrate_once(args, device, float_state, search, float_seconds)
             for search in args.search]
     allocations = [run['allocation'] for run in runs]
+    exact = allocations[0]
+    for rois in args.search_rois:
+        run = calibrate_once(args, device, float_state, 'fast', float_seconds, rois)
+        run['layers_with_other_groups'] = sum(run['allocation'][n] != g
+                                              for n, g in exact.items())
+        runs.append(run)
     return dict(image_size=list(size), variant=CALIBRATION_VARIANT.quant,
                 float_predict_seconds=float_seconds, runs=runs,
-                same_allocation=all(a == allocations[0] for a in allocations))
+                same_allocation=all(a == exact for a in allocations))
 
 
 # -- part 4: memory ----------------------------------------------------------------------
@@ -733,8 +751,13 @@ def markdown(results: dict) -> str:
                                   for value in (run['phases'][name]['seconds'],
                                                 run['phases'][name]['float_forwards'])]
                         for name in first['phases']])]
-        if len(part['runs']) > 1:
-            out.append(f'same allocation from every search: {part["same_allocation"]}')
+        if sum(run.get('search_rois') is None for run in part['runs']) > 1:
+            out.append(f'same allocation from every search on all RoIs: '
+                       f'{part["same_allocation"]}')
+        for run in part['runs']:
+            if run.get('search_rois') is not None:
+                out.append(f'{run["search"]}: {run["layers_with_other_groups"]} of '
+                           f'{run["layers"]} layers get another G than with all RoIs')
         untimed = sorted({name for run in part['runs'] for name in run['untimed']})
         if untimed:
             out.append(f'not called by these names, counted in the statistics pass: '
@@ -773,7 +796,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     results = dict(machine=machine_info(device), settings=dict(
         parts=list(args.parts), device=args.device, threads=args.threads, seed=args.seed,
         image_size=list(args.image_size), calib_image_size=list(args.calib_image_size),
-        images=args.images, search=list(args.search), min_time=args.min_time,
+        images=args.images, search=list(args.search), search_rois=list(args.search_rois),
+        min_time=args.min_time,
         score_thr=args.score_thr, config=CONFIG,
         bits=BITS))
     float_state = None

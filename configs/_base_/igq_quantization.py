@@ -7,5 +7,8 @@ custom_hooks = [
         num_images=1,  # the paper's detection protocol: one calibration image
         dataloader=None,  # the dataloader of the loop about to evaluate (test or val)
         quantize_neck=True,
-        quantize_roi_head=False)
+        quantize_roi_head=False,
+        # RoIs per image in the allocation's sensitivity search: None = every float
+        # proposal (the method's definition); e.g. 100 = the best-scored 100, faster
+        search_rois=None)
 ]

@@ -22,7 +22,7 @@ from ..quant import QuantMode, quant_mode, set_mode
 from ..report import format_table, layer_rows
 from ..search import allocate_groups, sensitivity_tables, total_bops
 from .backbone import QuantState, set_pixel_input_range, set_quant_state
-from .predictors import build_predictor
+from .predictors import build_predictor, check_max_rois
 
 
 @dataclass
@@ -81,7 +81,8 @@ def take_calibration_batches(dataloader, num_images: int, model: nn.Module) -> l
 def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConfig,
                     sync: bool = False, logger: str = 'current',
                     progress: Callable[[int], object] | None = ProgressBar,
-                    reuse_prefix: bool = True) -> CalibrationReport:
+                    reuse_prefix: bool = True, search_rois: int | None = None
+                    ) -> CalibrationReport:
     """Calibrate every quantizer of ``model`` and, for ``method='igq'``, allocate groups.
 
     Args:
@@ -93,12 +94,16 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
         progress: progress-bar factory taking the task count (``None`` to disable).
         reuse_prefix: the sensitivity search recomputes only what each layer can
             change (same result); ``False`` runs the naive full forwards.
+        search_rois: RoIs per image of the sensitivity search: the float model's
+            best-scored proposals; ``None`` (default) takes all of them, the method
+            doc's definition. See :class:`~.predictors.RoIClassPredictor`.
 
     Returns:
         A :class:`CalibrationReport`; the model is left in quantized mode.
     """
     if not batches:
         raise ValueError('empty calibration set: need at least 1 calibration image')
+    check_max_rois(search_rois)
     start = time.perf_counter()
     backbone = model.backbone
     set_pixel_input_range(model)
@@ -112,7 +117,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
     sensitivity = None
     if config.method == 'igq':
         layers = igq_quantizers(model)
-        predictor = build_predictor(model, batches, reuse_prefix)
+        predictor = build_predictor(model, batches, reuse_prefix, search_rois)
         steps = sum(len(q.candidates) for q in layers.values())
         print_log(f'IGQ allocation: sensitivity of {len(layers)} layers x candidates '
                   f'({steps} evaluations)', logger=logger)

@@ -15,6 +15,7 @@ from ..quant import QuantMode, set_mode
 from .backbone import QuantState, is_quantized_backbone, set_quant_state
 from .calibration import (calibrate_model, check_quantized, log_report,
                           quantize_detector_parts, take_calibration_batches)
+from .predictors import check_max_rois
 from .state_io import (buffers_fingerprint, config_fingerprint, fingerprinted_state,
                        load_state, weights_fingerprint)
 
@@ -42,13 +43,18 @@ class IGQCalibrationHook(Hook):
         quantize_roi_head: also quantize the RoI heads' Linear/Conv layers.
         state_file: load this calibrated state instead of calibrating.
         save_state: write ``igq_state.pth`` to the work dir after calibrating.
+        search_rois: RoIs per calibration image in the allocation's sensitivity
+            search (``method='igq'``, two-stage detectors): the float model's
+            best-scored proposals. ``None`` (default): all of them, the method doc's
+            definition; a smaller count makes the search faster.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
                  quantize_neck: bool = True, quantize_roi_head: bool = False,
-                 state_file: str | None = None, save_state: bool = True):
+                 state_file: str | None = None, save_state: bool = True,
+                 search_rois: int | None = None):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'IGQCalibrationHook: num_images={num_images!r}; calibration '
                              f'needs at least 1 image')
@@ -56,6 +62,7 @@ class IGQCalibrationHook(Hook):
                 dataloader not in DATALOADERS:
             raise ValueError(f'IGQCalibrationHook: dataloader={dataloader!r}; allowed are '
                              f'{DATALOADERS} or a dataloader config dict')
+        self.search_rois = check_max_rois(search_rois)
         self.num_images = num_images
         self.dataloader = dataloader
         self.quantize_neck = quantize_neck
@@ -130,7 +137,8 @@ class IGQCalibrationHook(Hook):
         if rank == 0:
             batches = take_calibration_batches(self._dataloader(runner, evaluating),
                                                self.num_images, model)
-            self.report = calibrate_model(model, batches, model.backbone.igq_config)
+            self.report = calibrate_model(model, batches, model.backbone.igq_config,
+                                          search_rois=self.search_rois)
             log_report(self.report)
             state = [fingerprinted_state(model, config_hash, weights_hash,
                                          allocation=self.report.allocation)]

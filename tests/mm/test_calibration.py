@@ -143,6 +143,24 @@ def test_empty_calibration_set():
         calibrate_model(model, [], model.backbone.igq_config, progress=None)
 
 
+def test_search_rois_is_refused_for_a_segmentor():
+    import types
+
+    from igq_plugin.mm.predictors import PixelClassPredictor, build_predictor
+    segmentor = types.SimpleNamespace(encode_decode=lambda inputs, metas: None)
+    assert isinstance(build_predictor(segmentor, []), PixelClassPredictor)
+    with pytest.raises(TypeError, match='search_rois=100 applies to two-stage detectors'):
+        build_predictor(segmentor, [], max_rois=100)
+
+
+def test_bad_search_rois_fails_before_calibrating():
+    float_model, model = build_pair()
+    with pytest.raises(ValueError, match='search_rois=0: allowed are None'):
+        calibrate_model(model, tiny_batches(float_model), model.backbone.igq_config,
+                        progress=None, search_rois=0)
+    assert model.backbone.igq_state == QuantState.UNCALIBRATED
+
+
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc_trim')
 def test_release_freed_memory_returns_freed_heap_to_the_os():
     def rss_mib():

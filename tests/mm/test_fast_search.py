@@ -32,19 +32,21 @@ def calibrated(config=None, roi_head=False):
     return model, batches
 
 
-@pytest.mark.parametrize('config,roi_head', [(None, False), (CASCADE_CONFIG, True)])
-def test_fast_search_equals_naive_search(config, roi_head):
+@pytest.mark.parametrize('config,roi_head,max_rois', [(None, False, None),
+                                                      (CASCADE_CONFIG, True, None),
+                                                      (None, False, 20)])
+def test_fast_search_equals_naive_search(config, roi_head, max_rois):
     model, batches = calibrated(config, roi_head)
     layers = igq_quantizers(model)
     assert any(n.startswith('backbone.stages.') and '.downsample.' in n for n in layers)
     assert any(n.startswith('neck.') for n in layers)
     assert any(n.startswith('roi_head.') for n in layers) == roi_head
-    predictor = RoIClassPredictor(model, batches)
+    predictor = RoIClassPredictor(model, batches, max_rois=max_rois)
     assert predictor.prefix is not None
     assert predictor.fixed_extractors is not None  # RoIAlign as precomputed matrices
     fast = sensitivity_tables(model, layers, predictor)
-    naive = sensitivity_tables(model, layers,
-                               RoIClassPredictor(model, batches, reuse_prefix=False))
+    naive = sensitivity_tables(model, layers, RoIClassPredictor(
+        model, batches, reuse_prefix=False, max_rois=max_rois))
     assert fast.keys() == naive.keys()
     # equal up to float summation order (the sparse RoI pooling sums in another order;
     # 1e-7 is the resolution of a float32 KL)
@@ -55,6 +57,24 @@ def test_fast_search_equals_naive_search(config, roi_head):
     for g_avg in (2, 4):
         assert (allocate_groups(layers, fast, g_avg=g_avg).groups
                 == allocate_groups(layers, naive, g_avg=g_avg).groups)
+
+
+@pytest.mark.parametrize('config', [None, CASCADE_CONFIG])
+def test_search_rois_are_the_best_scored_float_proposals(config):
+    model, batches = calibrated(config)
+    full = RoIClassPredictor(model, batches)
+    top = RoIClassPredictor(model, batches, max_rois=5)
+    with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
+        proposals = model.rpn_head.predict(model.extract_feat(batches[0]['inputs']),
+                                           batches[0]['data_samples'], rescale=False)[0]
+        full_probs, top_probs = full()[0], top()[0]
+    assert len(proposals) > 5 and bool((proposals.scores[:-1] >= proposals.scores[1:]).all())
+    for stage_full, stage_top in zip(full.stage_rois[0], top.stage_rois[0]):
+        assert stage_top.shape == (5, 5)
+        assert torch.equal(stage_top, stage_full[:5])  # Cascade: refined the same way
+    assert torch.allclose(top_probs, full_probs[:5], atol=1e-6)
+    everything = RoIClassPredictor(model, batches, max_rois=10 ** 6)
+    assert torch.equal(everything.stage_rois[0][0], full.stage_rois[0][0])
 
 
 def test_resumed_backbone_equals_full_forward_from_every_block():

@@ -89,6 +89,11 @@ class TestBadInput:
         with pytest.raises(TypeError, match='IGQBackbone'):
             IGQCalibrationHook().before_run(runner)
 
+    @pytest.mark.parametrize('rois', [0, -5, 2.5, True, '100'])
+    def test_search_rois(self, rois):
+        with pytest.raises(ValueError, match=f'search_rois={rois!r}: allowed are None'):
+            IGQCalibrationHook(search_rois=rois)
+
     def test_missing_state_file(self, tmp_path):
         with pytest.raises(FileNotFoundError, match='nope.pth'):
             IGQCalibrationHook(state_file=str(tmp_path / 'nope.pth')).before_run(
