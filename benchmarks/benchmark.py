@@ -634,7 +634,11 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> dict:
     batches = make_batches(model, args.image_size, args.images, args.seed)
     del float_state
     release(device)
-    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
+    # VmHWM, not ru_maxrss: Linux carries the parent's resident size at the fork over
+    # exec into ru_maxrss (2 GB after the inference part ran in the parent)
+    setup_peak = _proc_status_mib('VmHWM')
+    if setup_peak is None:
+        setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
     before = _proc_status_mib('VmRSS')
     reset = _reset_peak_rss()
     if device.type == 'cuda':
