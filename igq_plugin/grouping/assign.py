@@ -103,8 +103,8 @@ def _covering_upper_only(upper: torch.Tensor, sorted_upper: torch.Tensor) -> tor
 
     The first group with ``u_g >= M`` is at position ``#{g: u_g < M}`` (the uppers
     grow along the cover order), counted as ``sum_g max(sign(M - u_g), 0)`` over a
-    ``[G, block]`` table: vectorised float arithmetic, 3x faster on CPU than
-    ``searchsorted``'s scalar binary searches. Where no group covers ``M`` the count is
+    ``[G, block]`` table: vectorised float arithmetic, 2-3x faster on CPU than
+    ``searchsorted``'s scalar binary searches (measured, 50k-190k rows, G=8). Where no group covers ``M`` the count is
     ``G``; clamping it to the first of the widest groups is exact, because an ``M``
     that some group covers counts at most the groups narrower than the widest. A NaN
     ``M`` gives a NaN count: position 0, the narrowest group.

@@ -302,8 +302,8 @@ class IGQQuantizer(ActivationQuantizer):
     """Instance-aware group quantizer (method doc, sections 3 and 4).
 
     At run time every item (channel of one instance, or softmax row) is assigned to
-    the group whose calibrated range is nearest to the item's own range, and quantized
-    with that group's scale and zero point. Parameters are calibrated for every
+    one of G calibrated groups from its own range on this instance (``assignment``),
+    and quantized with that group's scale and zero point. Parameters are calibrated for every
     candidate group count, so the group-size allocation can switch ``groups`` without
     calibrating again.
 
