@@ -22,7 +22,7 @@ from ..quant import QuantMode, quant_mode, set_mode
 from ..report import format_table, layer_rows
 from ..search import allocate_groups, sensitivity_tables, total_bops
 from .backbone import QuantState, set_pixel_input_range, set_quant_state
-from .predictors import build_predictor, check_max_rois
+from .predictors import build_predictor, check_search_rois
 
 
 @dataclass
@@ -103,7 +103,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[dict], config: QuantConf
     """
     if not batches:
         raise ValueError('empty calibration set: need at least 1 calibration image')
-    check_max_rois(search_rois)
+    check_search_rois(search_rois)
     start = time.perf_counter()
     backbone = model.backbone
     set_pixel_input_range(model)

@@ -15,7 +15,7 @@ from ..quant import QuantMode, set_mode
 from .backbone import QuantState, is_quantized_backbone, set_quant_state
 from .calibration import (calibrate_model, check_quantized, log_report,
                           quantize_detector_parts, take_calibration_batches)
-from .predictors import check_max_rois
+from .predictors import check_search_rois
 from .state_io import (buffers_fingerprint, config_fingerprint, fingerprinted_state,
                        load_state, weights_fingerprint)
 
@@ -62,7 +62,7 @@ class IGQCalibrationHook(Hook):
                 dataloader not in DATALOADERS:
             raise ValueError(f'IGQCalibrationHook: dataloader={dataloader!r}; allowed are '
                              f'{DATALOADERS} or a dataloader config dict')
-        self.search_rois = check_max_rois(search_rois)
+        self.search_rois = check_search_rois(search_rois)
         self.num_images = num_images
         self.dataloader = dataloader
         self.quantize_neck = quantize_neck

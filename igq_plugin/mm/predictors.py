@@ -38,20 +38,20 @@ class RoIClassPredictor:
             :mod:`.roi_matrix`; same values up to float summation order).
             ``False``: every call is a full forward with mmcv's RoIAlign, the naive
             search.
-        max_rois: keep only the float model's ``max_rois`` best-scored proposals per
-            image (the RPN returns them in descending score order); ``None`` keeps all
+        search_rois: keep only the float model's ``search_rois`` best-scored proposals
+            per image (the RPN returns them in descending score order); ``None`` keeps all
             of them (``test_cfg.rpn.max_per_img``, 1000 in mmdet's configs), the method
             doc's definition. Fewer RoIs make every evaluation cheaper; the KL is then
             averaged over those RoIs only.
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True,
-                 max_rois: int | None = None):
+                 search_rois: int | None = None):
         from mmdet.structures.bbox import bbox2roi
         self.model = model
         self.batches = batches
         self.reuse_prefix = reuse_prefix
-        self.max_rois = check_max_rois(max_rois)
+        self.search_rois = check_search_rois(search_rois)
         self.stage_rois: list[list[torch.Tensor]] = []
         self.float_feats: list[tuple[torch.Tensor, ...]] = []  # neck outputs per image
         self.prefix: SwinPrefixCache | None = None
@@ -63,7 +63,7 @@ class RoIClassPredictor:
             for batch in batches:
                 feats = model.extract_feat(batch['inputs'])
                 proposals = model.rpn_head.predict(feats, batch['data_samples'], rescale=False)
-                rois = bbox2roi([p.bboxes[:max_rois] for p in proposals])
+                rois = bbox2roi([p.bboxes[:search_rois] for p in proposals])
                 self.stage_rois.append(self._float_stage_rois(feats, rois, batch['data_samples']))
                 self.float_feats.append(tuple(feats))
             if reuse_prefix and self._linear_pooling():
@@ -198,29 +198,29 @@ class PixelClassPredictor:
         return outputs
 
 
-def check_max_rois(max_rois: int | None) -> int | None:
+def check_search_rois(search_rois: int | None) -> int | None:
     """Validate the RoI count of the sensitivity search (``None`` or a positive int)."""
-    if max_rois is not None and (isinstance(max_rois, bool) or not isinstance(max_rois, int)
-                                 or max_rois < 1):
-        raise ValueError(f'search_rois={max_rois!r}: allowed are None (every proposal of '
+    if search_rois is not None and (isinstance(search_rois, bool)
+                                    or not isinstance(search_rois, int) or search_rois < 1):
+        raise ValueError(f'search_rois={search_rois!r}: allowed are None (every proposal of '
                          f'the float model) or a positive integer')
-    return max_rois
+    return search_rois
 
 
 def build_predictor(model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True,
-                    max_rois: int | None = None):
-    """The predictor matching the model family (``reuse_prefix``, ``max_rois``: see
+                    search_rois: int | None = None):
+    """The predictor matching the model family (``reuse_prefix``, ``search_rois``: see
     :class:`RoIClassPredictor`).
 
     Raises:
-        TypeError: for models without a RoI head or a decode head, or ``max_rois``
+        TypeError: for models without a RoI head or a decode head, or ``search_rois``
             given for a segmentor.
     """
     if hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
-        return RoIClassPredictor(model, batches, reuse_prefix, max_rois)
+        return RoIClassPredictor(model, batches, reuse_prefix, search_rois)
     if hasattr(model, 'encode_decode'):
-        if check_max_rois(max_rois) is not None:
-            raise TypeError(f'search_rois={max_rois!r} applies to two-stage detectors; '
+        if check_search_rois(search_rois) is not None:
+            raise TypeError(f'search_rois={search_rois!r} applies to two-stage detectors; '
                             f'{type(model).__name__} is a segmentor (per-pixel KL): '
                             f'leave it None')
         return PixelClassPredictor(model, batches)

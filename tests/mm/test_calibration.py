@@ -150,7 +150,7 @@ def test_search_rois_is_refused_for_a_segmentor():
     segmentor = types.SimpleNamespace(encode_decode=lambda inputs, metas: None)
     assert isinstance(build_predictor(segmentor, []), PixelClassPredictor)
     with pytest.raises(TypeError, match='search_rois=100 applies to two-stage detectors'):
-        build_predictor(segmentor, [], max_rois=100)
+        build_predictor(segmentor, [], search_rois=100)
 
 
 def test_bad_search_rois_fails_before_calibrating():

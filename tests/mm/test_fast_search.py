@@ -32,21 +32,21 @@ def calibrated(config=None, roi_head=False):
     return model, batches
 
 
-@pytest.mark.parametrize('config,roi_head,max_rois', [(None, False, None),
+@pytest.mark.parametrize('config,roi_head,search_rois', [(None, False, None),
                                                       (CASCADE_CONFIG, True, None),
                                                       (None, False, 20)])
-def test_fast_search_equals_naive_search(config, roi_head, max_rois):
+def test_fast_search_equals_naive_search(config, roi_head, search_rois):
     model, batches = calibrated(config, roi_head)
     layers = igq_quantizers(model)
     assert any(n.startswith('backbone.stages.') and '.downsample.' in n for n in layers)
     assert any(n.startswith('neck.') for n in layers)
     assert any(n.startswith('roi_head.') for n in layers) == roi_head
-    predictor = RoIClassPredictor(model, batches, max_rois=max_rois)
+    predictor = RoIClassPredictor(model, batches, search_rois=search_rois)
     assert predictor.prefix is not None
     assert predictor.fixed_extractors is not None  # RoIAlign as precomputed matrices
     fast = sensitivity_tables(model, layers, predictor)
     naive = sensitivity_tables(model, layers, RoIClassPredictor(
-        model, batches, reuse_prefix=False, max_rois=max_rois))
+        model, batches, reuse_prefix=False, search_rois=search_rois))
     assert fast.keys() == naive.keys()
     # equal up to float summation order (the sparse RoI pooling sums in another order;
     # 1e-7 is the resolution of a float32 KL)
@@ -63,7 +63,7 @@ def test_fast_search_equals_naive_search(config, roi_head, max_rois):
 def test_search_rois_are_the_best_scored_float_proposals(config):
     model, batches = calibrated(config)
     full = RoIClassPredictor(model, batches)
-    top = RoIClassPredictor(model, batches, max_rois=5)
+    top = RoIClassPredictor(model, batches, search_rois=5)
     with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
         proposals = model.rpn_head.predict(model.extract_feat(batches[0]['inputs']),
                                            batches[0]['data_samples'], rescale=False)[0]
@@ -73,7 +73,7 @@ def test_search_rois_are_the_best_scored_float_proposals(config):
         assert stage_top.shape == (5, 5)
         assert torch.equal(stage_top, stage_full[:5])  # Cascade: refined the same way
     assert torch.allclose(top_probs, full_probs[:5], atol=1e-6)
-    everything = RoIClassPredictor(model, batches, max_rois=10 ** 6)
+    everything = RoIClassPredictor(model, batches, search_rois=10 ** 6)
     assert torch.equal(everything.stage_rois[0][0], full.stage_rois[0][0])
 
 
