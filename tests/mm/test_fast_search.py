@@ -33,8 +33,8 @@ def calibrated(config=None, roi_head=False):
 
 
 @pytest.mark.parametrize('config,roi_head,search_rois', [(None, False, None),
-                                                      (CASCADE_CONFIG, True, None),
-                                                      (None, False, 20)])
+                                                         (CASCADE_CONFIG, True, None),
+                                                         (None, False, 20)])
 def test_fast_search_equals_naive_search(config, roi_head, search_rois):
     model, batches = calibrated(config, roi_head)
     layers = igq_quantizers(model)
