@@ -6,8 +6,8 @@ process per variant), on randomly initialised weights (nothing is downloaded) an
 seeded synthetic images that look like natural images (smoothed multi-scale noise).
 Models are built from mmdet's config through MMEngine's registry, quantized exactly
 as a config using the plugin does (``IGQBackbone``), then prepared with the functions
-``IGQCalibrationHook`` delegates to (``quantize_detector_parts``,
-``calibrate_model``, ``check_quantized``). All quantized variants are W4/A4.
+``IGQCalibrationHook`` delegates to (``quantize_mm_model``,
+``calibrate_mm_model``, ``check_quantized``). All quantized variants are W4/A4.
 
 Parts (``--parts``, default all):
 
@@ -34,7 +34,6 @@ import contextlib
 import copy
 import functools
 import gc
-import inspect
 import json
 import math
 import os
@@ -57,8 +56,10 @@ from mmengine.registry import MODELS
 from torch import nn
 
 import igq_plugin.mm  # noqa: F401  (registers IGQBackbone in MMEngine's root MODELS)
-from igq_plugin.mm import calibration as calibration_module
-from igq_plugin.mm import calibrate_model, check_quantized, quantize_detector_parts
+import igq_plugin.calibration as core_calibration_module
+from igq_plugin import check_quantized
+from igq_plugin.mm import calibrate_mm_model, quantize_mm_model
+from igq_plugin.mm import calibration as mm_calibration_module
 from igq_plugin.nn import igq_quantizers
 from igq_plugin.quant import (ActivationQuantizer, IGQQuantizer, PerTensorQuantizer, QuantMode,
                               qmax, qparams_from_bounds, quant_mode)
@@ -101,9 +102,10 @@ INFERENCE_VARIANTS = (
 )
 MEMORY_VARIANTS = (FLOAT, INFERENCE_VARIANTS[3])
 CALIBRATION_VARIANT = Variant('igq G_avg=8', quantized('igq', 8))
-# calibrate_model's callees timed by the calibration part, in call order
-CALIBRATION_PHASES = ('finalize_calibration', 'build_predictor', 'sensitivity_tables',
-                      'allocate_groups')
+# the calibration's callees timed by the calibration part, in call order, by module
+MM_CALIBRATION_PHASES = ('build_predictor',)
+CORE_CALIBRATION_PHASES = ('finalize_calibration', 'sensitivity_tables', 'allocate_groups')
+CALIBRATION_PHASES = MM_CALIBRATION_PHASES + CORE_CALIBRATION_PHASES
 
 
 # -- arguments ---------------------------------------------------------------------------
@@ -331,14 +333,12 @@ def build_variant(variant: Variant, float_state: dict, score_thr: float,
                   device: torch.device) -> nn.Module:
     """Build ``variant`` with the float model's weights, on ``device``, in eval mode.
 
-    Quantized variants also get their neck quantized as ``IGQCalibrationHook``'s
-    ``before_run`` does (still uncalibrated).
+    Quantized variants are converted as ``IGQCalibrationHook``'s ``before_run`` does
+    (backbone and neck; still uncalibrated).
     """
     model = MODELS.build(model_cfg(variant.quant, score_thr))
     if variant.quant is not None:
-        # [choice] converted on the CPU before .to(device): the quantizer modules
-        # quantize_modules creates live on the CPU.
-        quantize_detector_parts(model, model.backbone.igq_config, neck=True, roi_head=False)
+        quantize_mm_model(model)
     result = model.load_state_dict(float_state, strict=False)
     stray = result.unexpected_keys + [k for k in result.missing_keys if 'quantizer' not in k]
     if stray:
@@ -350,22 +350,9 @@ def build_variant(variant: Variant, float_state: dict, score_thr: float,
 
 def calibrate(model: nn.Module, batches: list[dict], reuse_prefix: bool = True,
               search_rois: int | None = None):
-    """Calibrate as the hook does; returns the :class:`CalibrationReport`.
-
-    Revisions of the plugin before the fast search had only the naive one (and no
-    ``reuse_prefix``): the benchmark still runs on them, for before/after figures.
-    """
-    if search_rois is not None:
-        report = calibrate_model(model, batches, model.backbone.igq_config, progress=None,
-                                 reuse_prefix=reuse_prefix, search_rois=search_rois)
-    elif 'reuse_prefix' in inspect.signature(calibrate_model).parameters:
-        report = calibrate_model(model, batches, model.backbone.igq_config, progress=None,
-                                 reuse_prefix=reuse_prefix)
-    elif reuse_prefix and model.backbone.igq_config.method == 'igq':
-        raise RuntimeError('this revision of igq_plugin has only the naive search: '
-                           'use --search naive')
-    else:
-        report = calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    """Calibrate as the hook does; returns the :class:`CalibrationReport`."""
+    report = calibrate_mm_model(model, batches, progress=None, reuse_prefix=reuse_prefix,
+                                search_rois=search_rois)
     check_quantized(model)
     return report
 
@@ -552,13 +539,15 @@ def calibrate_once(args: argparse.Namespace, device: torch.device, float_state: 
     model = build_variant(CALIBRATION_VARIANT, float_state, args.score_thr, device)
     batches = calibration_batches(model, args.calib_image_size, args.seed)
     synchronize(device)
-    with timed_callees(calibration_module, CALIBRATION_PHASES) as seconds:
+    with timed_callees(mm_calibration_module, MM_CALIBRATION_PHASES) as mm_seconds, \
+            timed_callees(core_calibration_module, CORE_CALIBRATION_PHASES) as seconds:
         report = calibrate(model, batches, reuse_prefix=search == 'fast',
                            search_rois=search_rois)
+    seconds.update(mm_seconds)
     synchronize(device)
     layers = igq_quantizers(model)
-    # the rest of calibrate_model: the calibration forwards (plus bookkeeping, and any
-    # phase listed in 'untimed' if calibrate_model no longer calls it by that name)
+    # the rest: the calibration forwards (plus bookkeeping, and any phase listed in
+    # 'untimed' if the calibration no longer calls it by that name)
     phases = {'statistics pass': report.seconds - sum(seconds.values())}
     phases.update({name: seconds.get(name) for name in CALIBRATION_PHASES})
     phases['total'] = report.seconds

@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-import igq_plugin.mm  # noqa: F401
+from igq_plugin.mm import mm_settings
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
@@ -24,6 +24,6 @@ def test_config_builds(path):
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
     if 'igq' in osp.basename(path):
-        assert model.backbone.igq_config.method == 'igq'
-        assert model.backbone.igq_config.w_bits == model.backbone.igq_config.a_bits
+        config = mm_settings(model).config
+        assert config.method == 'igq' and config.w_bits == config.a_bits
         assert cfg.custom_hooks[0].type == 'IGQCalibrationHook'

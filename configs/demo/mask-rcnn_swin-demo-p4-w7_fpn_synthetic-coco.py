@@ -3,8 +3,10 @@
 # Same architecture as mmdet's Swin-T Mask R-CNN, with smaller widths and depths so
 # that it trains in minutes; the quantized layers are the same kinds as Swin-T's.
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-# The plugin's weights_only-safe checkpoint loader (load_from / resume under torch 2.14).
-custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
+# The plugin, and (opt-in, for load_from / resume of training checkpoints under torch
+# 2.14) its weights_only-safe loader of mmengine checkpoints.
+custom_imports = dict(imports=['igq_plugin.mm', 'igq_plugin.mm.checkpoint'],
+                      allow_failed_imports=False)
 
 data_root = 'data/synthetic_coco/'
 # The same generator with 2000 training images (the first 400 and the val split are

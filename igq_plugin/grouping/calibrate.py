@@ -58,11 +58,19 @@ class GroupFit:
         return env_lower, env_upper
 
 
-def check_groups(groups: int, items: int) -> int:
-    """Validate a group count against the number of items (channels or rows)."""
+def check_groups(groups: int, items: int, layer: str = 'layer',
+                 item_name: str = 'channels') -> int:
+    """Validate a group count against the number of items (channels or rows).
+
+    Args:
+        groups: G.
+        items: how many items the layer has.
+        layer: the layer's name, for the message.
+        item_name: what the items are (``'channels'``, ``'softmax rows'``, ``'range pairs'``).
+    """
     if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= items:
-        raise ValueError(f'groups={groups!r} is not allowed for a layer with {items} '
-                         f'channels: allowed are integers 1..{items}')
+        raise ValueError(f'{layer}: groups={groups!r} is not allowed for {items} '
+                         f'{item_name}: allowed are integers 1..{items}')
     return groups
 
 
@@ -110,7 +118,7 @@ def fit_group_ranges(lower: torch.Tensor, upper: torch.Tensor, groups: int,
                          'range pairs; calibrate on at least one image')
     if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
         raise ValueError('calibration ranges contain NaN or Inf')
-    check_groups(groups, lower.numel())
+    check_groups(groups, lower.numel(), 'fit_group_ranges', 'range pairs')
     if groups == 1:
         assignment = torch.zeros(lower.numel(), dtype=torch.long, device=lower.device)
         group_lower, group_upper = _group_means(lower, upper, assignment, 1)

@@ -3,21 +3,21 @@
 The only sub-package that imports the mm libraries. Importing it registers, in
 MMEngine's root registries (visible to mmdet and mmseg alike):
 
-- ``IGQBackbone`` (``MODELS``): builds a Swin backbone and quantizes it;
-- ``IGQCalibrationHook`` (``HOOKS``): calibrates and allocates before evaluation.
+- ``IGQBackbone`` (``MODELS``): builds a Swin or ViT backbone and carries the
+  quantization settings (``quant=dict(...)``);
+- ``IGQCalibrationHook`` (``HOOKS``): converts, calibrates and allocates before evaluation.
 
 Use in a config::
 
     custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
 """
-from . import checkpoint  # noqa: F401  (allow mmengine checkpoints under weights_only)
-from .backbone import SUPPORTED_BACKBONES, IGQBackbone, QuantState, is_quantized_backbone
-from .calibration import (CalibrationReport, calibrate_model, check_quantized,
-                          quantize_detector_parts, take_calibration_batches)
+from .backbone import SUPPORTED_BACKBONES, IGQBackbone
+from .calibration import calibrate_mm_model, log_report, take_calibration_batches
+from .convert import MMQuantSettings, mm_settings, quantize_mm_model
 from .hook import IGQCalibrationHook
 
 __all__ = [
-    'SUPPORTED_BACKBONES', 'IGQBackbone', 'QuantState', 'is_quantized_backbone',
-    'CalibrationReport', 'calibrate_model', 'check_quantized', 'quantize_detector_parts',
-    'take_calibration_batches', 'IGQCalibrationHook'
+    'SUPPORTED_BACKBONES', 'IGQBackbone', 'calibrate_mm_model', 'log_report',
+    'take_calibration_batches', 'MMQuantSettings', 'mm_settings', 'quantize_mm_model',
+    'IGQCalibrationHook'
 ]

@@ -8,7 +8,13 @@ objects mmengine itself writes into a checkpoint's ``meta``: the message hub's
 ``weights_only=False`` (arbitrary code execution from a file), the plugin registers,
 through mmengine's own extension point (``CheckpointLoader.register_scheme``), a
 local loader that keeps ``weights_only=True`` and allow-lists exactly these types
-for the duration of that one load. ``getattr`` is safe enough there: the
+for the duration of that one load.
+
+It changes how mmengine loads every local file, so it is opt-in: importing
+``igq_plugin.mm`` does not register it; a config that loads or resumes mmengine
+training checkpoints adds ``'igq_plugin.mm.checkpoint'`` to ``custom_imports`` (the
+demo training configs do). Float checkpoints that are plain state dicts (the demo
+models, mmdet's released weights) need none of this. ``getattr`` is safe enough there: the
 weights-only unpickler still refuses to call anything not allow-listed.
 """
 from __future__ import annotations

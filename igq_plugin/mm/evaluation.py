@@ -11,10 +11,11 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from ..nn import activation_quantizers, igq_quantizers
+from ..calibration import CalibrationReport
+from ..nn import QuantState, activation_quantizers, float_run, igq_quantizers, set_quant_state
 from ..quant import QuantMode, quant_mode
-from .backbone import QuantState
-from .calibration import CalibrationReport, calibrate_model, take_calibration_batches
+from .calibration import calibrate_mm_model, take_calibration_batches
+from .convert import quantize_mm_model
 from .hook import IGQCalibrationHook
 
 
@@ -60,16 +61,16 @@ def run_test(cfg: Config, checkpoint: str, work_dir: str) -> EvaluationResult:
 
 
 def _prepared_runner(cfg: Config, checkpoint: str, work_dir: str) -> Runner:
-    """A runner with the float weights loaded and the detector's parts quantized
-    (backbone and neck), not yet calibrated; the model is in eval mode."""
+    """A runner with the model converted (:func:`~.convert.quantize_mm_model`) and the
+    float weights loaded, not yet calibrated; the model is in eval mode."""
     cfg = cfg.copy()
     cfg.work_dir = work_dir
     cfg.load_from = checkpoint
     cfg.custom_hooks = []
     runner = Runner.from_cfg(cfg)
+    quantize_mm_model(runner.model)
     runner.load_or_resume()
     runner.model.eval()
-    IGQCalibrationHook(quantize_neck=True).before_run(runner)
     return runner
 
 
@@ -100,7 +101,7 @@ def channel_range_statistics(cfg: Config, checkpoint: str, work_dir: str,
     dataloader = runner.test_dataloader
     batches = take_calibration_batches(dataloader, min(num_images, len(dataloader.dataset)),
                                        model)
-    model.backbone.igq_state = QuantState.CALIBRATING
+    set_quant_state(model, QuantState.CALIBRATING)
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
         for batch in batches:
             model(batch['inputs'], batch['data_samples'], mode='predict')
@@ -151,7 +152,7 @@ def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_image
     runner = _prepared_runner(cfg, checkpoint, work_dir)
     model = runner.model
     batches = take_calibration_batches(runner.test_dataloader, calib_images + eval_images, model)
-    calibrate_model(model, batches[:calib_images], model.backbone.igq_config, progress=None)
+    calibrate_mm_model(model, batches[:calib_images], progress=None)
     quantizers = activation_quantizers(model)
     sums: dict[str, list[float]] = {name: [0.0, 0.0] for name in quantizers}
 
@@ -163,10 +164,8 @@ def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_image
     neck = [0.0, 0.0]
     with torch.no_grad():
         for batch in batches[calib_images:]:
-            model.backbone.igq_state = QuantState.CALIBRATING
-            with quant_mode(model, QuantMode.FLOAT):
+            with float_run(model):
                 reference = model.extract_feat(batch['inputs'])
-            model.backbone.igq_state = QuantState.READY
             handles = [q.register_forward_hook(functools.partial(record, name))
                        for name, q in quantizers.items()]
             try:

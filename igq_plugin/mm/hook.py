@@ -1,7 +1,8 @@
-"""``IGQCalibrationHook``: calibrate (or load) the quantized model before evaluation."""
+"""``IGQCalibrationHook``: quantize, calibrate (or load) the model before evaluation."""
 from __future__ import annotations
 
 import os.path as osp
+import re
 
 import torch
 from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info
@@ -10,51 +11,58 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..nn import import_state
+from ..calibration import check_quantized
+from ..nn import QuantState, import_state, quantizer_buffers, set_quant_state
 from ..quant import QuantMode, set_mode
-from .backbone import QuantState, is_quantized_backbone, set_quant_state
-from .calibration import (calibrate_model, check_quantized, log_report,
-                          quantize_detector_parts, take_calibration_batches)
-from .predictors import check_search_rois
-from .state_io import (buffers_fingerprint, config_fingerprint, fingerprinted_state,
-                       load_state, weights_fingerprint)
+from .calibration import calibrate_mm_model, log_report, take_calibration_batches
+from .convert import mm_settings, quantize_mm_model
+from .predictors import check_predictable, check_search_rois
+from .state_io import buffers_fingerprint, fingerprinted_state, load_state, weights_fingerprint
 
 DATALOADERS = ('test', 'val', 'train')
+# hook arguments that became keys of model.backbone.quant (one place for what is quantized)
+MOVED_ARGUMENTS = {'quantize_neck': 'neck', 'quantize_roi_head': 'roi_head'}
 
 
 @HOOKS.register_module()
 class IGQCalibrationHook(Hook):
-    """Calibrate quantizers and allocate group sizes once, before the first evaluation.
+    """Quantize the model, calibrate it and allocate group sizes once, before the first
+    evaluation.
 
-    The model's backbone must be built by ``IGQBackbone`` (it carries the
-    quantization config). The hook also quantizes the neck (and, optionally, the RoI
-    heads) with the same config, takes ``num_images`` images from a dataloader,
+    The model's backbone must be built by ``IGQBackbone``: its ``quant`` entry holds
+    every setting of what is quantized (README, "Configuration keys"). Before the
+    checkpoint is loaded the hook converts the model (:func:`~.convert.quantize_mm_model`);
+    after it is loaded the hook checks that the checkpoint holds exactly the model's
+    float tensors; before evaluating it takes ``num_images`` images from a dataloader,
     calibrates, runs the group-size allocation for ``method='igq'``, logs a per-layer
-    table, saves the state to the work dir, and checks that evaluation runs
-    quantized. Under distributed launch rank 0 calibrates and broadcasts the state,
-    so every rank holds identical parameters.
+    table, saves the state to the work dir, and checks that evaluation runs quantized.
+    Under distributed launch rank 0 calibrates and broadcasts the state, so every rank
+    holds identical parameters.
 
     Args:
         num_images: calibration images (the paper's protocol: 1).
         dataloader: where calibration images come from: ``None`` (the dataloader of
             the loop about to evaluate), ``'test'``, ``'val'``, ``'train'`` (the
             runner's config of that dataloader), or a dataloader config dict.
-        quantize_neck: quantize the neck's convolutions (FPN).
-        quantize_roi_head: also quantize the RoI heads' Linear/Conv layers.
         state_file: load this calibrated state instead of calibrating.
         save_state: write ``igq_state.pth`` to the work dir after calibrating.
         search_rois: RoIs per calibration image in the allocation's sensitivity
             search (``method='igq'``, two-stage detectors): the float model's
-            best-scored proposals. ``None`` (default): all of them, the method doc's
-            definition; a smaller count makes the search faster.
+            best-scored proposals. ``None`` (default): all of them, the definition
+            in docs/method.md, section 5; a smaller count makes the search faster.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
-                 quantize_neck: bool = True, quantize_roi_head: bool = False,
                  state_file: str | None = None, save_state: bool = True,
-                 search_rois: int | None = None):
+                 search_rois: int | None = None, **moved):
+        for key in moved:
+            if key not in MOVED_ARGUMENTS:
+                raise TypeError(f'IGQCalibrationHook got an unexpected argument {key!r}')
+            raise ValueError(f'IGQCalibrationHook: {key} is now the key '
+                             f'model.backbone.quant.{MOVED_ARGUMENTS[key]} (what is quantized '
+                             f'is set in one place); remove it from the hook')
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f'IGQCalibrationHook: num_images={num_images!r}; calibration '
                              f'needs at least 1 image')
@@ -65,8 +73,6 @@ class IGQCalibrationHook(Hook):
         self.search_rois = check_search_rois(search_rois)
         self.num_images = num_images
         self.dataloader = dataloader
-        self.quantize_neck = quantize_neck
-        self.quantize_roi_head = quantize_roi_head
         self.state_file = state_file
         self.save_state = save_state
         self.report = None
@@ -78,24 +84,47 @@ class IGQCalibrationHook(Hook):
         return model.module if is_model_wrapper(model) else model
 
     def before_run(self, runner) -> None:
-        """Check the model and settings, and quantize the neck/heads (cheap, early)."""
+        """Check the model and settings, and convert the model (cheap, early)."""
         model = self._model(runner)
-        backbone = getattr(model, 'backbone', None)
-        if not is_quantized_backbone(backbone):
+        settings = mm_settings(model)
+        if settings is None:
             raise TypeError(f'IGQCalibrationHook needs model.backbone built by IGQBackbone; '
-                            f'got {type(backbone).__name__}. Set '
+                            f'got {type(getattr(model, "backbone", None)).__name__}. Set '
                             f"model.backbone.type='IGQBackbone' and wrapped_type")
         if self.state_file is not None and not osp.isfile(self.state_file):
             raise FileNotFoundError(f'IGQCalibrationHook: state_file={self.state_file!r} '
                                     f'does not exist')
-        config = backbone.igq_config
-        if config.method == 'igq' and self.state_file is None and not (
-                hasattr(model, 'roi_head') or hasattr(model, 'encode_decode')):
-            raise TypeError(f"method='igq' allocates groups from RoI class scores; "
-                            f'{type(model).__name__} has no RoI head. Use igq-fixed.')
-        converted = quantize_detector_parts(model, config, self.quantize_neck,
-                                            self.quantize_roi_head)
-        print_log(f'IGQ: {config}; quantized {len(converted)} neck/head layers',
+        if settings.config.method == 'igq' and self.state_file is None:
+            check_predictable(model, self.search_rois)
+        record = quantize_mm_model(model)
+        print_log(f'IGQ: {settings.as_dict()}; quantized {len(record.layers)} layers of '
+                  f'{", ".join(settings.parts(model))}', logger='current')
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Refuse a checkpoint that does not fit the float model; report in one line.
+
+        The converted model's quantizer buffers are not in a float checkpoint (they are
+        calibrated next); they are filled in from the model so that the loader lists
+        only real mismatches.
+        """
+        model = self._model(runner)
+        state_dict = checkpoint.get('state_dict', checkpoint)
+        saved = {re.sub(r'^module\.', '', key): key for key in state_dict}
+        quantizer = set(quantizer_buffers(model))
+        own = model.state_dict()
+        floats = {k for k in own if k not in quantizer and not k.endswith('num_batches_tracked')}
+        missing = sorted(floats - set(saved))
+        unexpected = sorted(k for k in saved if k not in own)
+        if missing or unexpected:
+            raise ValueError(f'IGQ: the checkpoint does not fit {type(model).__name__}: '
+                             f'{len(missing)} float tensors missing {missing[:8]}, '
+                             f'{len(unexpected)} unexpected {unexpected[:8]}; load the float '
+                             f'checkpoint trained for this config')
+        absent = sorted(quantizer - set(saved))
+        for key in absent:
+            state_dict[key] = own[key]
+        print_log(f'IGQ: float checkpoint fits the model ({len(floats)} float tensors); '
+                  f'{len(absent)} quantizer buffers not in it (calibrated next)',
                   logger='current')
 
     def before_val(self, runner) -> None:
@@ -123,10 +152,11 @@ class IGQCalibrationHook(Hook):
                   f'active)', logger='current')
 
     def _calibrate_or_load(self, runner, model, evaluating: str) -> None:
-        config_hash = config_fingerprint(runner.cfg.model)
+        settings = mm_settings(model).as_dict()
         weights_hash = weights_fingerprint(model)
         if self.state_file is not None:
-            state = load_state(model, self.state_file, config_hash, weights_hash)
+            state = load_state(model, self.state_file, settings, runner.cfg.model,
+                               weights_hash)
             self._activate(model)
             print_log(f'IGQ: loaded calibrated state {self.state_file} '
                       f'(allocation: {state["meta"].get("allocation") is not None})',
@@ -137,10 +167,9 @@ class IGQCalibrationHook(Hook):
         if rank == 0:
             batches = take_calibration_batches(self._dataloader(runner, evaluating),
                                                self.num_images, model)
-            self.report = calibrate_model(model, batches, model.backbone.igq_config,
-                                          search_rois=self.search_rois)
+            self.report = calibrate_mm_model(model, batches, search_rois=self.search_rois)
             log_report(self.report)
-            state = [fingerprinted_state(model, config_hash, weights_hash,
+            state = [fingerprinted_state(model, settings, runner.cfg.model, weights_hash,
                                          allocation=self.report.allocation)]
             if self.save_state:
                 path = osp.join(runner.work_dir, 'igq_state.pth')
@@ -167,4 +196,4 @@ class IGQCalibrationHook(Hook):
     @staticmethod
     def _activate(model) -> None:
         set_mode(model, QuantMode.QUANTIZED)
-        set_quant_state(model.backbone, QuantState.READY)
+        set_quant_state(model, QuantState.READY)

@@ -1,4 +1,4 @@
-"""Class distributions the sensitivity search compares (method doc, section 5).
+"""Class distributions the sensitivity search compares (docs/method.md, section 5).
 
 For two-stage detectors the KL is taken per RoI over the RoI head's class scores,
 with the float model's proposals (and, for Cascade R-CNN, the float model's refined
@@ -7,14 +7,15 @@ does). For segmentors, per pixel over the decoded class scores.
 
 Each predictor is prepared once in float mode on the calibration images and then
 called for every (layer, G) of the search; only the feature extractor and the
-RoI classification branch run, never the RPN. ``predictor.from_layer(name)`` gives
-the same predictions while recomputing only what the named layer can change: for a
-Swin backbone the blocks from that layer's block onwards (see :mod:`.resume`), for
-a neck layer the neck, for a RoI-head layer the head.
+RoI classification branch run, never the RPN. Both implement
+:class:`~igq_plugin.search.SensitivityPredictor`: ``predict(layer)`` recomputes only
+what the named layer can change: for a Swin backbone the blocks from that layer's
+block onwards (see :mod:`.resume`), for a neck layer the neck, for a RoI-head layer
+the head.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ class RoIClassPredictor:
             ``roi_head``) with ``StandardRoIHead`` or ``CascadeRoIHead``.
         batches: preprocessed calibration batches, one image each:
             ``dict(inputs=[1, 3, H, W] tensor, data_samples=[DetDataSample])``.
-        reuse_prefix: let :meth:`from_layer` reuse cached float activations, and
+        reuse_prefix: let :meth:`predict` reuse cached float activations, and
             pool the fixed RoIs with precomputed RoIAlign matrices (see
             :mod:`.roi_matrix`; same values up to float summation order).
             ``False``: every call is a full forward with mmcv's RoIAlign, the naive
@@ -41,7 +42,7 @@ class RoIClassPredictor:
         search_rois: keep only the float model's ``search_rois`` best-scored proposals
             per image (the RPN returns them in descending score order); ``None`` keeps all
             of them (``test_cfg.rpn.max_per_img``, 1000 in mmdet's configs), the method
-            doc's definition. Fewer RoIs make every evaluation cheaper; the KL is then
+            definition. Fewer RoIs make every evaluation cheaper; the KL is then
             averaged over those RoIs only.
     """
 
@@ -157,7 +158,10 @@ class RoIClassPredictor:
             return self.float_feats[index]
         return tuple(self.model.extract_feat(inputs))
 
-    def _predict(self, layer: str | None) -> list[torch.Tensor]:
+    def predict(self, layer: str | None) -> list[torch.Tensor]:
+        """One ``[R_i, num_classes + 1]`` probability tensor per calibration image when
+        only ``layer`` (a module name relative to the model; ``None``: any layer) may
+        differ from float."""
         outputs = []
         with torch.no_grad():
             # a quantized RoI-head layer sees the pooled features themselves: pooled by
@@ -170,15 +174,6 @@ class RoIClassPredictor:
                 outputs.append(F.softmax(scores.float(), dim=-1))
         return outputs
 
-    def __call__(self) -> list[torch.Tensor]:
-        """One ``[R_i, num_classes + 1]`` probability tensor per calibration image."""
-        return self._predict(None)
-
-    def from_layer(self, layer: str) -> Callable[[], list[torch.Tensor]]:
-        """Same as calling the predictor when only ``layer`` (a module name relative to
-        the model) is quantized, recomputing only what that layer can change."""
-        return lambda: self._predict(layer)
-
 
 class PixelClassPredictor:
     """Per-pixel class probabilities of an mmseg ``EncoderDecoder``."""
@@ -187,8 +182,9 @@ class PixelClassPredictor:
         self.model = model
         self.batches = batches
 
-    def __call__(self) -> list[torch.Tensor]:
-        """One ``[H*W, num_classes]`` probability tensor per calibration image."""
+    def predict(self, layer: str | None) -> list[torch.Tensor]:
+        """One ``[H*W, num_classes]`` probability tensor per calibration image (full
+        forwards whatever ``layer`` is)."""
         outputs = []
         with torch.no_grad():
             for batch in self.batches:
@@ -207,22 +203,34 @@ def check_search_rois(search_rois: int | None) -> int | None:
     return search_rois
 
 
+def check_predictable(model: nn.Module, search_rois: int | None = None) -> None:
+    """Raise before any long work unless the search can measure ``model``.
+
+    Raises:
+        TypeError: a model without a RoI head or a decode head, or ``search_rois``
+            given for a segmentor.
+    """
+    if hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
+        return
+    if hasattr(model, 'encode_decode'):
+        if check_search_rois(search_rois) is not None:
+            raise TypeError(f'search_rois={search_rois!r} applies to two-stage detectors; '
+                            f'{type(model).__name__} is a segmentor (per-pixel KL): '
+                            f'leave it None')
+        return
+    raise TypeError(f'group-size allocation needs a two-stage detector (RoI class scores) '
+                    f'or a segmentor; got {type(model).__name__}. Use method="igq-fixed".')
+
+
 def build_predictor(model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True,
                     search_rois: int | None = None):
     """The predictor matching the model family (``reuse_prefix``, ``search_rois``: see
     :class:`RoIClassPredictor`).
 
     Raises:
-        TypeError: for models without a RoI head or a decode head, or ``search_rois``
-            given for a segmentor.
+        TypeError: see :func:`check_predictable`.
     """
-    if hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
+    check_predictable(model, search_rois)
+    if hasattr(model, 'roi_head'):
         return RoIClassPredictor(model, batches, reuse_prefix, search_rois)
-    if hasattr(model, 'encode_decode'):
-        if check_search_rois(search_rois) is not None:
-            raise TypeError(f'search_rois={search_rois!r} applies to two-stage detectors; '
-                            f'{type(model).__name__} is a segmentor (per-pixel KL): '
-                            f'leave it None')
-        return PixelClassPredictor(model, batches)
-    raise TypeError(f'group-size allocation needs a two-stage detector (RoI class scores) '
-                    f'or a segmentor; got {type(model).__name__}. Use method="igq-fixed".')
+    return PixelClassPredictor(model, batches)

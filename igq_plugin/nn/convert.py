@@ -1,21 +1,31 @@
-"""Model conversion: replace float layers by quantized wrappers, and calibrate.
+"""Model conversion: the one path that turns a float model into a quantized one.
 
-:func:`quantize_modules` swaps, in place, every ``nn.Linear``, ``nn.Conv2d`` and
-``nn.Softmax`` of a module tree for its quantized wrapper (parameter names are kept)
-according to a :class:`QuantConfig`. The other helpers drive calibration and the
-group-size allocation through the module tree.
+:func:`quantize_model` converts a model (or named parts of it) in place: attention
+modules are made explicit by their architecture adapter (:mod:`igq_plugin.adapters`),
+then every ``nn.Linear``, ``nn.Conv2d`` and ``nn.Softmax`` is swapped for its quantized
+wrapper (parameter names are kept) according to a :class:`QuantConfig`, and the model
+gets its life-cycle record and forward guard (:mod:`.lifecycle`). The other helpers
+drive calibration and the group-size allocation through the module tree.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import torch
 from torch import nn
 
+from ..adapters import ADAPTERS, AttentionAdapter, adapt_attention
 from ..grouping import check_assignment, check_distance
 from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS, ActivationQuantizer,
-                     IGQQuantizer, build_activation_quantizer, check_bits, check_method)
-from .layers import QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax
+                     FixedRangeQuantizer, IGQQuantizer, build_activation_quantizer, check_bits,
+                     check_method)
+from .layers import QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax, WeightQuantizedLayer
+from .lifecycle import (RECORD_ATTRIBUTE, ForwardGuard, QuantizationRecord,
+                        quantization_record)
+
+logger = logging.getLogger('igq_plugin')
 
 
 @dataclass(frozen=True)
@@ -68,24 +78,33 @@ class QuantConfig:
         if not candidates or any(isinstance(g, bool) or not isinstance(g, int) or g < 1
                                  for g in candidates):
             raise ValueError(f'candidates={candidates!r}: must be positive integers')
+        if self.method in ('igq', 'igq-fixed') and self.groups not in candidates:
+            raise ValueError(f'groups={self.groups} is not one of candidates={candidates}: '
+                             f'add it to candidates or choose one of them')
         object.__setattr__(self, 'candidates', candidates)
         object.__setattr__(self, 'weight_percentiles', tuple(self.weight_percentiles))
 
     def activation_quantizer(self, bits: int, channels: int | None, kind: str = 'channel',
-                             channel_dim: int = -1) -> ActivationQuantizer:
-        """Build this config's activation quantizer for one layer."""
+                             channel_dim: int = -1, name: str = '') -> ActivationQuantizer:
+        """Build this config's activation quantizer for one layer named ``name``."""
         groups = self.groups if channels is None else min(self.groups, channels)
         return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
                                           groups, self.candidates, self.distance, self.bounds,
-                                          self.assignment)
+                                          self.assignment, name=name)
+
+    def as_dict(self) -> dict:
+        """The settings as plain values (for state files and logs)."""
+        return {key: (list(value) if isinstance(value, tuple) else value)
+                for key, value in self.__dict__.items()}
 
 
 # Float layer classes converted, by the wrapper they become. Subclasses that only add
 # behaviour irrelevant to quantization (e.g. mmcv's empty-tensor ``Linear``) are
 # added by :func:`register_float_layer`; other subclasses are left alone, since a
 # custom ``forward`` (e.g. adaptive padding) would be lost by the swap.
-FLOAT_LINEAR_TYPES: set[type] = {nn.Linear}
+FLOAT_LINEAR_TYPES: set[type] = {nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear}
 FLOAT_CONV_TYPES: set[type] = {nn.Conv2d}
+QUANTIZED_TYPES = (QuantLinear, QuantConv2d, QuantSoftmax)
 
 
 def register_float_layer(cls: type) -> None:
@@ -109,32 +128,49 @@ def _is_fused_qkv(name: str, module: nn.Linear, parent: nn.Module) -> bool:
 
 
 def _value_dim(parent: nn.Module) -> int:
-    """Per-head V dimension of an attention module holding a fused ``qkv`` Linear."""
+    """Per-head V dimension of the attention module holding a softmax (0: unknown)."""
     qkv = getattr(parent, 'qkv', None)
     heads = getattr(parent, 'num_heads', None)
-    if not isinstance(qkv, nn.Linear) or not heads:
-        return 0
-    return qkv.out_features // 3 // heads
+    if isinstance(qkv, nn.Linear) and heads:
+        return qkv.out_features // 3 // heads
+    return int(getattr(parent, 'head_dim', 0) or 0)
+
+
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(p == '' or name == p or name.startswith(p + '.') for p in prefixes)
 
 
 def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterable[str] = (),
-                     exclude: Iterable[str] = ()) -> list[str]:
-    """Replace float layers of ``model`` by quantized wrappers, in place.
+                     exclude: Iterable[str] = (), include: Iterable[str] = ('',),
+                     adapters: Iterable[AttentionAdapter] = ADAPTERS) -> list[str]:
+    """Swap the float layers of ``model`` for quantized wrappers, in place.
+
+    Attention modules matched by ``adapters`` are first made explicit. Use
+    :func:`quantize_model` for a whole model (it adds the life-cycle record and guard).
 
     Args:
-        model: the module tree to convert (e.g. a backbone).
+        model: the module tree to convert.
         config: quantization settings.
         first_layers: names (relative to ``model``) of layers kept at
             ``config.first_layer_bits`` (the patch embedding).
-        exclude: names of layers to leave in float.
+        exclude: names of modules (and their subtrees) to leave in float.
+        include: name prefixes of the parts to convert (``''``: all of ``model``).
+        adapters: architecture adapters to apply.
 
     Returns:
         Names of the converted layers.
     """
-    first_layers, exclude = set(first_layers), set(exclude)
+    first_layers, exclude, include = set(first_layers), tuple(exclude), tuple(include)
+    adapters = tuple(adapters)
+    selected = lambda name: _under(name, include) and not _under(name, exclude)  # noqa: E731
     converted = []
+    for name, adapter in adapt_attention(model, adapters, include=selected).items():
+        if adapter.adds_quantizers:  # parameters that are not Linear layers (fused in_proj)
+            bits = config.first_layer_bits if name in first_layers else None
+            adapter.add_quantizers(model.get_submodule(name), config, bits, name)
+            converted.append(name)
     for name, module in list(model.named_modules()):
-        if not name or name in exclude or _has_quantized_ancestor(model, name):
+        if not name or not selected(name) or _has_quantized_ancestor(model, name):
             continue
         parent, attr = _parent_and_attr(model, name)
         bits = config.first_layer_bits if name in first_layers else None
@@ -147,8 +183,8 @@ def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterab
 
 def _has_quantized_ancestor(model: nn.Module, name: str) -> bool:
     parts = name.split('.')
-    return any(isinstance(model.get_submodule('.'.join(parts[:i])),
-                          (QuantLinear, QuantConv2d, QuantSoftmax)) for i in range(1, len(parts)))
+    return any(isinstance(model.get_submodule('.'.join(parts[:i])), QUANTIZED_TYPES)
+               for i in range(1, len(parts)))
 
 
 def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantConfig,
@@ -160,32 +196,135 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
         if config.attention and _is_fused_qkv(name, module, parent):
             channels = module.out_features // 3
             output_quantizer = QKVQuantizer(
-                *(config.activation_quantizer(a_bits, channels) for _ in range(3)),
-                num_heads=parent.num_heads)
+                *(config.activation_quantizer(a_bits, channels,
+                                              name=f'{name}.output_quantizer.{part}')
+                  for part in 'qkv'), num_heads=parent.num_heads)
         new = QuantLinear.from_float(
             module, w_bits=w_bits, output_quantizer=output_quantizer,
-            input_quantizer=config.activation_quantizer(a_bits, module.in_features),
+            input_quantizer=config.activation_quantizer(a_bits, module.in_features,
+                                                        name=f'{name}.input_quantizer'),
             weight_percentiles=config.weight_percentiles)
     elif type(module) in FLOAT_CONV_TYPES:
         new = QuantConv2d.from_float(
             module, w_bits=w_bits,
             input_quantizer=config.activation_quantizer(a_bits, module.in_channels,
-                                                        channel_dim=1),
+                                                        channel_dim=1,
+                                                        name=f'{name}.input_quantizer'),
             weight_percentiles=config.weight_percentiles)
     elif type(module) is nn.Softmax and config.attention and module.dim in (-1, 3):
-        new = QuantSoftmax(-1, quantizer=config.activation_quantizer(a_bits, None, 'softmax'),
-                           value_dim=_value_dim(parent))
+        new = QuantSoftmax(-1, quantizer=config.activation_quantizer(
+            a_bits, None, 'softmax', name=f'{name}.quantizer'), value_dim=_value_dim(parent))
     else:
         return None
-    # The runner may have moved the model to a GPU before the hook converts the neck:
-    # the new quantizer buffers follow the float layer's device.
+    # A runner may have moved the model to a GPU before conversion: the new quantizer
+    # buffers follow the float layer's device.
     reference = next(module.parameters(), None)
     if reference is not None:
         new.to(reference.device)
-    for sub_name, sub in new.named_modules():
-        if isinstance(sub, ActivationQuantizer):
-            sub.layer_name = f'{name}.{sub_name}' if sub_name else name
     return new
+
+
+def _first_layer(model: nn.Module, include: Sequence[str]) -> str | None:
+    """The first Conv2d/Linear in module order inside ``include`` (the patch embedding
+    of the vision transformers this package supports)."""
+    for name, module in model.named_modules():
+        if name and _under(name, include) and isinstance(module, (nn.Conv2d, nn.Linear)):
+            return name
+    return None
+
+
+def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[str] = ('',),
+                   exclude: Sequence[str] = (), first_layers: Sequence[str] | None = None,
+                   input_range: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   instance_roots: Sequence[str] = ('',),
+                   adapters: Iterable[AttentionAdapter] = ADAPTERS) -> QuantizationRecord:
+    """Convert ``model`` for quantization, in place; the entry point of every caller.
+
+    What is quantized (docs/method.md, section 2): the input of every Linear and
+    Conv2d (activation quantizer of ``config.method``), their weights per output
+    channel, the Q/K/V operands and the softmax attention (``config.attention``), and
+    the first layer (weights and input) at ``config.first_layer_bits``.
+
+    Args:
+        model: a float model (e.g. a timm ViT, or an mm detector).
+        config: quantization settings.
+        include: name prefixes of the parts to convert (``('',)``: the whole model).
+        exclude: names of modules to leave in float (e.g. a classifier head).
+        first_layers: layers kept at ``first_layer_bits``; ``None``: the first
+            Conv2d/Linear of the converted parts (the patch embedding).
+        input_range: ``([C], [C])`` fixed per-channel range of the first layer's input
+            (normalised pixels); ``None`` calibrates it like any input.
+        instance_roots: modules (by name) whose forward receives whole images: their
+            batch size tells the quantizers below them which items form one image.
+        adapters: architecture adapters (default: every one this package has).
+
+    Returns:
+        The model's :class:`~igq_plugin.nn.lifecycle.QuantizationRecord`; the model is
+        ``UNCALIBRATED`` until :func:`igq_plugin.calibrate_model` runs.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`QuantConfig`.
+        ValueError: the model is already converted, a named part does not exist, or
+            nothing in it can be quantized.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(8, 2))
+        >>> record = quantize_model(net, QuantConfig(method='per-tensor'))
+        >>> record.layers, record.first_layers
+        (['0', '2'], ('0',))
+    """
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f'config must be an igq_plugin.QuantConfig; got {type(config).__name__}')
+    if quantization_record(model) is not None:
+        raise ValueError(f'{type(model).__name__} is already quantized: convert a float model')
+    modules = dict(model.named_modules())
+    for name in (*include, *exclude, *instance_roots, *(first_layers or ())):
+        if name not in modules:
+            raise ValueError(f'{type(model).__name__} has no submodule {name!r}')
+    if first_layers is None:
+        first = _first_layer(model, include)
+        first_layers = () if first is None else (first,)
+    first_layers = tuple(first_layers)
+    converted = quantize_modules(model, config, first_layers, exclude, include, adapters)
+    if not converted:
+        raise ValueError(f'nothing to quantize in {type(model).__name__} (parts {include}): '
+                         f'no Linear, Conv2d or Softmax found')
+    if input_range is not None:
+        _fix_input_range(model, first_layers, config, input_range)
+    _warn_float_attention(model, config)
+    record = QuantizationRecord(config=config, layers=converted, first_layers=first_layers)
+    setattr(model, RECORD_ATTRIBUTE, record)
+    for name in instance_roots:
+        modules[name].register_forward_pre_hook(ForwardGuard(record, model))
+    return record
+
+
+def _fix_input_range(model: nn.Module, first_layers: Sequence[str], config: QuantConfig,
+                     input_range) -> None:
+    if len(first_layers) != 1 or not isinstance(model.get_submodule(first_layers[0]),
+                                                QuantConv2d):
+        raise ValueError(f'input_range needs one first layer that is a Conv2d (the patch '
+                         f'embedding); got first_layers={first_layers}')
+    name = first_layers[0]
+    embed = model.get_submodule(name)
+    quantizer = FixedRangeQuantizer(config.first_layer_bits, embed.in_channels, channel_dim=1,
+                                    name=f'{name}.input_quantizer')
+    quantizer.set_range(*(torch.as_tensor(r).to(embed.weight.device) for r in input_range))
+    embed.input_quantizer = quantizer.to(embed.weight.device)
+
+
+def _warn_float_attention(model: nn.Module, config: QuantConfig) -> None:
+    """Attention that stays float although ``config.attention`` asks for it is named."""
+    if not config.attention:
+        return
+    missed = [name for name, module in model.named_modules()
+              if hasattr(module, 'num_heads') and not isinstance(module, QKVQuantizer)
+              and not any(isinstance(m, QuantSoftmax) for m in module.modules())]
+    if missed:
+        logger.warning('igq_plugin: %d attention module(s) keep a float softmax (no adapter '
+                       'for their class, e.g. %s at %s)', len(missed),
+                       type(model.get_submodule(missed[0])).__name__, missed[0])
 
 
 def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
@@ -204,24 +343,16 @@ def set_num_instances(model: nn.Module, num_instances: int | None) -> None:
         quantizer.num_instances = num_instances
 
 
-def finalize_calibration(model: nn.Module, sync: bool = True) -> None:
+def finalize_calibration(model: nn.Module) -> None:
     """Fit weight quantizers and turn activation statistics into parameters.
-
-    Args:
-        model: the calibrated module tree.
-        sync: under ``torch.distributed``, merge the statistics of all ranks first
-            so every rank ends with identical parameters. Every rank must call it
-            then; pass ``False`` when one rank calibrates alone and broadcasts.
 
     Raises:
         ValueError: when an activation quantizer observed no batch.
     """
     for module in model.modules():
-        if isinstance(module, (QuantLinear, QuantConv2d)):
+        if isinstance(module, WeightQuantizedLayer):
             module.finalize_calibration()
     for quantizer in activation_quantizers(model).values():
-        if sync:
-            quantizer.sync_statistics()
         quantizer.finalize()
         quantizer.reset_statistics()
 
@@ -236,7 +367,7 @@ def quantized_layer_count(model: nn.Module) -> dict[str, int]:
     """How many wrappers of each type ``model`` holds (a quick coverage check)."""
     counts: dict[str, int] = {}
     for module in model.modules():
-        if isinstance(module, (QuantLinear, QuantConv2d, QuantSoftmax)):
+        if isinstance(module, QUANTIZED_TYPES):
             counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
     return counts
 
@@ -244,9 +375,8 @@ def quantized_layer_count(model: nn.Module) -> dict[str, int]:
 def float_layer_count(model: nn.Module) -> dict[str, int]:
     """Float ``Linear``/``Conv2d``/``Softmax`` layers (subclasses too) not wrapped."""
     counts: dict[str, int] = {}
-    quantized = (QuantLinear, QuantConv2d, QuantSoftmax)
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.Softmax)) and \
-                not isinstance(module, quantized):
+                not isinstance(module, QUANTIZED_TYPES):
             counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
     return counts

@@ -7,8 +7,8 @@ new state-dict keys. All quantizers follow the global mode switch
 exactly what the float layer computes.
 
 In ``CALIBRATE`` mode each wrapper records, on its activation quantizers, the cost
-of the operation that consumes the quantized tensor (``op_cost``: MACs, output
-elements and the bit-width of the other operand) for the BOP cost model.
+of the operation that consumes the quantized tensor
+(:meth:`~igq_plugin.quant.ActivationQuantizer.record_cost`) for the BOP cost model.
 """
 from __future__ import annotations
 
@@ -20,12 +20,19 @@ from ..quant import DEFAULT_PERCENTILES, ActivationQuantizer, QuantMode, WeightQ
 
 
 def _record_cost(quantizer: nn.Module, macs: int, out_elements: int, other_bits: int) -> None:
-    if isinstance(quantizer, ActivationQuantizer) and quantizer.mode is QuantMode.CALIBRATE:
-        quantizer.op_cost = dict(macs=int(macs), out_elements=int(out_elements),
-                                 other_bits=int(other_bits))
+    if isinstance(quantizer, ActivationQuantizer):  # not an nn.Identity placeholder
+        quantizer.record_cost(macs, out_elements, other_bits)
 
 
-class QuantLinear(nn.Linear):
+class WeightQuantizedLayer:
+    """Marks a layer with weight quantizers to fit when calibration is finalized."""
+
+    def finalize_calibration(self) -> None:
+        """Fit the weight quantizer(s) on the current float weights."""
+        raise NotImplementedError
+
+
+class QuantLinear(WeightQuantizedLayer, nn.Linear):
     """``nn.Linear`` with per-channel weight and grouped input-activation quantizers.
 
     Args:
@@ -71,7 +78,7 @@ class QuantLinear(nn.Linear):
         self.weight_quantizer.fit(self.weight)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(WeightQuantizedLayer, nn.Conv2d):
     """``nn.Conv2d`` with per-output-channel weight and grouped input quantizers.
 
     The input quantizer sees ``[B, C_in, H, W]`` (``channel_dim=1``).
@@ -127,8 +134,12 @@ class QKVQuantizer(nn.Module):
         self.num_heads = num_heads
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        """``qkv``: ``[B', N, 3C]`` -> same shape."""
-        if self.q.mode is QuantMode.FLOAT:
+        """``qkv``: ``[B', N, 3C]`` -> same shape.
+
+        Each operand follows its own quantizer's mode: the sensitivity search
+        quantizes Q, K or V alone.
+        """
+        if all(m.mode is QuantMode.FLOAT for m in (self.q, self.k, self.v)):
             return qkv
         q, k, v = qkv.chunk(3, dim=-1)  # [B', N, C] each
         windows, channels = qkv.shape[0], q.shape[-1]

@@ -6,12 +6,13 @@ copying anything, so a state from another model leaves the model untouched.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..quant import ActivationQuantizer
+from ..quant import ActivationQuantizer, OpCost
 from ..quant.mode import ModeSwitchMixin
 
 STATE_FORMAT = 'igq-quant-state-v1'
@@ -35,7 +36,8 @@ def _cost_records(model: nn.Module) -> dict[str, dict[str, Any]]:
         if isinstance(module, ActivationQuantizer) and module.last_input_shape is not None:
             records[name] = dict(shape=list(module.last_input_shape),
                                  num_instances=module.num_instances,
-                                 op_cost=dict(getattr(module, 'op_cost', {})))
+                                 op_cost=(dataclasses.asdict(module.op_cost)
+                                          if module.op_cost is not None else None))
     return records
 
 
@@ -79,4 +81,5 @@ def import_state(model: nn.Module, state: dict[str, Any]) -> None:
         if isinstance(quantizer, ActivationQuantizer):
             quantizer.last_input_shape = tuple(record['shape'])
             quantizer.num_instances = record['num_instances']
-            quantizer.op_cost = dict(record['op_cost'])
+            cost = record['op_cost']
+            quantizer.op_cost = OpCost(**cost) if cost else None

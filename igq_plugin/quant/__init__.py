@@ -1,6 +1,6 @@
 """Quantizer maths (pure functions) and quantizer modules."""
 from .activation import (ACTIVATION_QUANTIZERS, DEFAULT_CANDIDATES, GROUP_BOUNDS, KINDS, METHODS,
-                         ActivationQuantizer, FixedRangeQuantizer, IGQQuantizer, PerTensorQuantizer,
+                         ActivationQuantizer, FixedRangeQuantizer, OpCost, IGQQuantizer, PerTensorQuantizer,
                          StaticGroupQuantizer, UpperBoundQuantizer,
                          build_activation_quantizer, check_method)
 from .mode import QuantMode, mode_modules, parse_mode, quant_mode, set_mode
@@ -9,7 +9,7 @@ from .primitives import (MAX_BITS, MIN_BITS, check_bits, dequantize, fake_quanti
 from .weight import DEFAULT_PERCENTILES, WeightQuantizer, search_weight_qparams
 
 __all__ = [
-    'ACTIVATION_QUANTIZERS', 'DEFAULT_CANDIDATES', 'GROUP_BOUNDS', 'KINDS', 'METHODS', 'ActivationQuantizer', 'FixedRangeQuantizer',
+    'ACTIVATION_QUANTIZERS', 'DEFAULT_CANDIDATES', 'GROUP_BOUNDS', 'KINDS', 'METHODS', 'ActivationQuantizer', 'FixedRangeQuantizer', 'OpCost',
     'IGQQuantizer', 'PerTensorQuantizer', 'StaticGroupQuantizer', 'UpperBoundQuantizer',
     'build_activation_quantizer', 'check_method', 'QuantMode', 'mode_modules', 'parse_mode',
     'quant_mode', 'set_mode', 'MAX_BITS', 'MIN_BITS', 'check_bits', 'dequantize',

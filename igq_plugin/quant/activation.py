@@ -18,10 +18,10 @@ Methods (method doc, section 7): ``per-tensor``, ``static-group``, ``igq-fixed``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..grouping import (assign_groups, check_assignment, check_channel_dim, check_distance,
@@ -32,13 +32,26 @@ from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_
 from .mode import ModeSwitchMixin, QuantMode
 from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams_from_bounds
 
+# The package's one definition of these constants (the config, the cost model and the
+# reports import them from here).
 KINDS = ('channel', 'softmax')
 GROUP_BOUNDS = ('mean', 'envelope')
 DEFAULT_CANDIDATES = (1, 2, 4, 8, 12, 16)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of the operation that consumes a quantized activation (for the BOP model).
+
+    Attributes:
+        macs: multiply-accumulates of that operation on the last calibration batch.
+        out_elements: its output elements (each partial-sum group adds a float add).
+        other_bits: bit-width of the operation's other operand (weights, or K/V).
+    """
+
+    macs: int
+    out_elements: int
+    other_bits: int
 
 
 class ActivationQuantizer(ModeSwitchMixin, nn.Module):
@@ -51,32 +64,60 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         channel_dim: ``-1`` for tokens-last inputs ``[B', ..., C]``, ``1`` for
             channels-first inputs ``[B, C, H, W]``.
 
+        name: layer name used in error messages and reports.
+
     Attributes:
         num_instances: images in the current batch. ``None`` treats every leading
             index of the input as its own instance; wrappers of windowed attention set
             it so that the windows of one image form one instance.
         layer_name: name used in error messages and reports (set by model conversion).
+        op_cost: cost of the consuming operation, recorded by the layer wrapper in
+            ``CALIBRATE`` mode (:meth:`record_cost`); ``None`` until then.
+        last_input_shape: shape of the last calibration input (for the cost model).
     """
 
     method = 'base'
 
     def __init__(self, bits: int, channels: int | None = None, kind: str = 'channel',
-                 channel_dim: int = -1):
+                 channel_dim: int = -1, name: str = ''):
         super().__init__()
+        self.layer_name = name
         if kind not in KINDS:
-            raise ValueError(f'kind={kind!r} is not supported: allowed are {KINDS}')
+            raise ValueError(f'{name or "activation quantizer"}: kind={kind!r} is not '
+                             f'supported: allowed are {KINDS}')
         if kind == 'channel' and (not isinstance(channels, int) or channels < 1):
-            raise ValueError(f'channels={channels!r}: a channel quantizer needs a '
-                             f'positive channel count')
+            raise ValueError(f'{name or "activation quantizer"}: channels={channels!r}: a '
+                             f'channel quantizer needs a positive channel count')
         self.bits = check_bits(bits, 'a_bits')
         self.kind = kind
         self.channels = channels if kind == 'channel' else None
         self.channel_dim = check_channel_dim(channel_dim)
         self.num_instances: int | None = None
-        self.layer_name = ''
         self.observed_batches = 0
         self.last_input_shape: tuple[int, ...] | None = None
+        self.op_cost: OpCost | None = None
         self.register_buffer('calibrated', torch.tensor(False))
+
+    @classmethod
+    def build(cls, method: str, bits: int, *, groups: int, candidates: Sequence[int],
+              distance: str, bounds: str, assignment: str, **common) -> 'ActivationQuantizer':
+        """Construct from the config's options; each class takes the ones it uses."""
+        return cls(bits, **common)
+
+    def record_cost(self, macs: int, out_elements: int, other_bits: int) -> None:
+        """Record the consuming operation's cost; only in ``CALIBRATE`` mode."""
+        if self.mode is QuantMode.CALIBRATE:
+            self.op_cost = OpCost(int(macs), int(out_elements), int(other_bits))
+
+    def bop_groups(self, items: int) -> tuple[int, bool]:
+        """``(G, dynamic)`` the BOP model charges: groups in use and whether they are
+        assigned per instance at run time. ``items``: channels or softmax rows."""
+        return 1, False
+
+    @property
+    def item_name(self) -> str:
+        """What this quantizer groups, for messages: channels or softmax rows."""
+        return 'channels' if self.kind == 'channel' else 'softmax rows'
 
     # -- mode dispatch -------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,25 +159,12 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         self.compute_parameters()
         self.calibrated.fill_(True)
 
-    def sync_statistics(self) -> None:
-        """Merge statistics across processes so every rank computes the same parameters."""
-        if not _distributed():
-            return
-        count = torch.tensor([self.observed_batches], dtype=torch.long)
-        dist.all_reduce(count)
-        self.observed_batches = int(count)
-        self.merge_statistics()
-
     def observe(self, x: torch.Tensor) -> None:
         """Accumulate statistics of one batch (no activation is kept)."""
         raise NotImplementedError
 
     def compute_parameters(self) -> None:
         """Compute parameters from the accumulated statistics."""
-        raise NotImplementedError
-
-    def merge_statistics(self) -> None:
-        """Distributed merge of the statistics (called only when distributed)."""
         raise NotImplementedError
 
     def reset_statistics(self) -> None:
@@ -186,8 +214,8 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
 class _MinMaxStatistics(ActivationQuantizer):
     """Running element-wise min/max statistics (shared by two baselines)."""
 
-    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1):
-        super().__init__(bits, channels, kind, channel_dim)
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, name=''):
+        super().__init__(bits, channels, kind, channel_dim, name)
         size = self.channels if self.kind == 'channel' and self.per_channel_stats else 1
         self.register_buffer('running_min', torch.full((size,), float('inf')), persistent=False)
         self.register_buffer('running_max', torch.full((size,), float('-inf')), persistent=False)
@@ -203,10 +231,6 @@ class _MinMaxStatistics(ActivationQuantizer):
         torch.minimum(self.running_min, lower.float(), out=self.running_min)
         torch.maximum(self.running_max, upper.float(), out=self.running_max)
 
-    def merge_statistics(self):
-        dist.all_reduce(self.running_min, op=dist.ReduceOp.MIN)
-        dist.all_reduce(self.running_max, op=dist.ReduceOp.MAX)
-
     def reset_statistics(self):
         super().reset_statistics()
         self.running_min.fill_(float('inf'))
@@ -218,8 +242,8 @@ class PerTensorQuantizer(_MinMaxStatistics):
 
     method = 'per-tensor'
 
-    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1):
-        super().__init__(bits, channels, kind, channel_dim)
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, name=''):
+        super().__init__(bits, channels, kind, channel_dim, name)
         self.register_buffer('lower', torch.zeros(()))
         self.register_buffer('upper', torch.zeros(()))
 
@@ -244,9 +268,11 @@ class StaticGroupQuantizer(_MinMaxStatistics):
     method = 'static-group'
     per_channel_stats = True
 
-    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8):
-        super().__init__(bits, channels, kind, channel_dim)
-        self.groups = check_groups(groups, self.channels) if self.kind == 'channel' else 1
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
+                 name=''):
+        super().__init__(bits, channels, kind, channel_dim, name)
+        self.groups = (check_groups(groups, self.channels, self._label())
+                       if self.kind == 'channel' else 1)
         size = self.channels if self.kind == 'channel' else 1
         self.register_buffer('channel_lower', torch.zeros(size))
         self.register_buffer('channel_upper', torch.zeros(size))
@@ -270,6 +296,14 @@ class StaticGroupQuantizer(_MinMaxStatistics):
         lower = self.channel_lower.view(shape) if shape else self.channel_lower.squeeze()
         upper = self.channel_upper.view(shape) if shape else self.channel_upper.squeeze()
         return fake_quantize_bounds(x, lower, upper, self.bits)
+
+    @classmethod
+    def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
+              **common):
+        return cls(bits, groups=groups, **common)
+
+    def bop_groups(self, items):
+        return self.groups, False
 
     def extra_repr(self):
         return super().extra_repr() + f', groups={self.groups}'
@@ -331,19 +365,29 @@ class IGQQuantizer(ActivationQuantizer):
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
                  candidates: Sequence[int] = DEFAULT_CANDIDATES, distance: str = 'l2',
-                 max_iter: int = 20, bounds: str = 'envelope', assignment: str = 'cover'):
-        super().__init__(bits, channels, kind, channel_dim)
+                 max_iter: int = 20, bounds: str = 'envelope', assignment: str = 'cover',
+                 name: str = ''):
+        super().__init__(bits, channels, kind, channel_dim, name)
         self.assignment = check_assignment(assignment)
         if bounds not in GROUP_BOUNDS:
-            raise ValueError(f'bounds={bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
+            raise ValueError(f'{self._label()}: bounds={bounds!r} is not supported: allowed '
+                             f'are {GROUP_BOUNDS}')
         self.bounds = bounds
-        limit = self.channels if self.kind == 'channel' else max(max(candidates), groups)
-        check_groups(groups, limit)
         for g in candidates:
             if isinstance(g, bool) or not isinstance(g, int) or g < 1:
-                raise ValueError(f'candidates={tuple(candidates)!r}: every candidate must be '
-                                 f'a positive integer')
-        usable = sorted({g for g in candidates if g <= limit} | {groups})
+                raise ValueError(f'{self._label()}: candidates={tuple(candidates)!r}: every '
+                                 f'candidate must be a positive integer')
+        # Channels bound G; softmax rows are counted only at run time (thousands per map).
+        limit = self.channels if self.kind == 'channel' else max(max(candidates), groups)
+        check_groups(groups, limit, self._label(), self.item_name)
+        usable = sorted({g for g in candidates if g <= limit})
+        if groups not in usable:
+            if groups != limit:
+                raise ValueError(f'{self._label()}: groups={groups} is not one of the '
+                                 f'candidates {tuple(sorted(candidates))}; add it to the '
+                                 f'candidates or choose one of them')
+            # G capped at the layer's channel count (e.g. the 3 channels of an image)
+            usable.append(groups)
         self.distance = check_distance(distance)
         self.max_iter = int(max_iter)
         self.register_buffer('candidate_groups', torch.tensor(usable, dtype=torch.long))
@@ -375,13 +419,6 @@ class IGQQuantizer(ActivationQuantizer):
         self._pairs_lower.append(lower.reshape(-1).float().cpu())
         self._pairs_upper.append(upper.reshape(-1).float().cpu())
 
-    def merge_statistics(self):
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (torch.cat(self._pairs_lower),
-                                          torch.cat(self._pairs_upper)))
-        self._pairs_lower = [pair[0] for pair in gathered]
-        self._pairs_upper = [pair[1] for pair in gathered]
-
     def reset_statistics(self):
         super().reset_statistics()
         self._pairs_lower, self._pairs_upper = [], []
@@ -390,8 +427,24 @@ class IGQQuantizer(ActivationQuantizer):
         """All recorded item ranges ``([P], [P])`` in observation order."""
         return torch.cat(self._pairs_lower), torch.cat(self._pairs_upper)
 
+    @classmethod
+    def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
+              **common):
+        quantizer = cls(bits, groups=groups, candidates=candidates, distance=distance,
+                        bounds=bounds, assignment=assignment, **common)
+        quantizer.method = method  # 'igq' (allocated) or 'igq-fixed'
+        return quantizer
+
+    def bop_groups(self, items):
+        return int(self.groups), True
+
     def compute_parameters(self):
         lower, upper = self.pooled_ranges()
+        if lower.numel() < max(self.candidates):
+            raise ValueError(f'{self._label()}: calibration gave {lower.numel()} '
+                             f'{self.item_name} ranges, fewer than the largest candidate '
+                             f'G={max(self.candidates)}; calibrate on more images or lower '
+                             f'the candidates')
         for buffer in (self.group_lower, self.group_upper, self.centre_lower, self.centre_upper):
             buffer.zero_()
         for row, groups in enumerate(self.candidates):
@@ -480,10 +533,10 @@ class UpperBoundQuantizer(ActivationQuantizer):
 
     method = 'upper-bound'
 
-    def observe(self, x):
-        pass
+    def bop_groups(self, items):
+        return items, True  # every item is its own group, ranged per instance
 
-    def merge_statistics(self):
+    def observe(self, x):
         pass
 
     def compute_parameters(self):
@@ -506,8 +559,8 @@ class FixedRangeQuantizer(ActivationQuantizer):
 
     method = 'fixed-range'
 
-    def __init__(self, bits, channels=None, kind='channel', channel_dim=1):
-        super().__init__(bits, channels, kind, channel_dim)
+    def __init__(self, bits, channels=None, kind='channel', channel_dim=1, name=''):
+        super().__init__(bits, channels, kind, channel_dim, name)
         self.register_buffer('lower', torch.zeros(self.channels))
         self.register_buffer('upper', torch.zeros(self.channels))
         self.register_buffer('range_set', torch.tensor(False))
@@ -524,9 +577,6 @@ class FixedRangeQuantizer(ActivationQuantizer):
         self.range_set.fill_(True)
 
     def observe(self, x):
-        pass
-
-    def merge_statistics(self):
         pass
 
     def compute_parameters(self):
@@ -561,7 +611,7 @@ def build_activation_quantizer(method: str, bits: int, channels: int | None = No
                                kind: str = 'channel', channel_dim: int = -1, groups: int = 8,
                                candidates: Sequence[int] = DEFAULT_CANDIDATES,
                                distance: str = 'l2', bounds: str = 'envelope',
-                               assignment: str = 'cover') -> ActivationQuantizer:
+                               assignment: str = 'cover', name: str = '') -> ActivationQuantizer:
     """Build the activation quantizer named ``method``.
 
     The grouping options are ignored by methods without groups.
@@ -572,12 +622,6 @@ def build_activation_quantizer(method: str, bits: int, channels: int | None = No
         (1, 2, 4, 8, 12, 16)
     """
     cls = ACTIVATION_QUANTIZERS[check_method(method)]
-    if cls is StaticGroupQuantizer:
-        return cls(bits, channels, kind, channel_dim, groups=groups)
-    if cls is IGQQuantizer:
-        quantizer = cls(bits, channels, kind, channel_dim, groups=groups,
-                        candidates=candidates, distance=distance, bounds=bounds,
-                        assignment=assignment)
-        quantizer.method = method
-        return quantizer
-    return cls(bits, channels, kind, channel_dim)
+    common = dict(channels=channels, kind=kind, channel_dim=channel_dim, name=name)
+    return cls.build(method, bits, groups=groups, candidates=candidates, distance=distance,
+                     bounds=bounds, assignment=assignment, **common)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ..quant import ActivationQuantizer, IGQQuantizer
+from ..quant import ActivationQuantizer, IGQQuantizer, UpperBoundQuantizer
 from ..search.bops import layer_bops
-from ..search.model_costs import active_groups, layer_cost
+from ..search.model_costs import layer_cost
 
 
 def layer_rows(quantizers: Mapping[str, ActivationQuantizer],
@@ -18,14 +18,15 @@ def layer_rows(quantizers: Mapping[str, ActivationQuantizer],
     """
     rows = []
     for name, quantizer in quantizers.items():
-        groups, dynamic = active_groups(quantizer)
+        per_item = isinstance(quantizer, UpperBoundQuantizer)
+        groups, _ = quantizer.bop_groups(quantizer.channels or 1)
         row = dict(layer=name, method=quantizer.method, a_bits=quantizer.bits,
                    items=quantizer.channels if quantizer.kind == 'channel' else 'rows',
-                   groups=groups if groups > 0 else 'per-item', sensitivity=None, bops=None)
-        if quantizer.last_input_shape is not None and getattr(quantizer, 'op_cost', None):
+                   groups='per-item' if per_item else groups, sensitivity=None, bops=None)
+        if quantizer.last_input_shape is not None and quantizer.op_cost is not None:
             cost = layer_cost(name, quantizer)
-            row['bops'] = layer_bops(cost, cost.channels if groups == -1 else groups,
-                                     dynamic=dynamic)
+            charged, dynamic = quantizer.bop_groups(cost.channels)
+            row['bops'] = layer_bops(cost, charged, dynamic=dynamic)
         if sensitivity is not None and isinstance(quantizer, IGQQuantizer) and name in sensitivity:
             row['sensitivity'] = sensitivity[name].get(groups)
         rows.append(row)

@@ -44,6 +44,8 @@ import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
+from ..quant.activation import DEFAULT_CANDIDATES, KINDS
+
 __all__ = [
     'DEFAULT_CANDIDATES',
     'FLOAT_OP_BOPS',
@@ -58,11 +60,8 @@ __all__ = [
 #: BOPs charged for one 32-bit float add, compare or multiply. [choice]
 FLOAT_OP_BOPS = 32
 
-#: Candidate group counts of the allocation search, before capping. [choice]
-DEFAULT_CANDIDATES = (1, 2, 4, 8, 12, 16)
-
-#: Kinds of quantized op a :class:`LayerCost` describes.
-LAYER_KINDS = ('channel', 'softmax')
+#: Kinds of quantized op a :class:`LayerCost` describes (the quantizers' kinds).
+LAYER_KINDS = KINDS
 
 # Smallest allowed value of each integer field of LayerCost.
 _FIELD_MIN = {

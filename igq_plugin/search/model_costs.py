@@ -2,7 +2,7 @@
 
 During calibration every quantized layer records, on its activation quantizer, the
 input shape and the cost of the operation consuming the quantized tensor
-(``op_cost``, see :mod:`igq_plugin.nn.layers`). This module turns those records
+(:class:`~igq_plugin.quant.OpCost`, see :mod:`igq_plugin.nn.layers`). This module turns those records
 into :class:`LayerCost` entries for the BOP model. The figures describe the last
 calibration forward (one image by default).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..quant import ActivationQuantizer, IGQQuantizer
+from ..quant import ActivationQuantizer
 from .bops import LayerCost, layer_bops
 
 
@@ -24,7 +24,7 @@ def layer_cost(name: str, quantizer: ActivationQuantizer) -> LayerCost:
     Raises:
         RuntimeError: when the quantizer never ran in calibrate mode.
     """
-    op_cost = getattr(quantizer, 'op_cost', None)
+    op_cost = quantizer.op_cost
     shape = quantizer.last_input_shape
     if op_cost is None or shape is None:
         raise RuntimeError(f'{name}: no cost record; run calibration before the BOP model')
@@ -34,15 +34,15 @@ def layer_cost(name: str, quantizer: ActivationQuantizer) -> LayerCost:
     if quantizer.kind == 'channel':
         channels = shape[quantizer.channel_dim]
         instances = quantizer.num_instances or shape[0]
-        return LayerCost(name=name, kind='channel', macs=op_cost['macs'],
-                         w_bits=op_cost['other_bits'], a_bits=quantizer.bits,
+        return LayerCost(name=name, kind='channel', macs=op_cost.macs,
+                         w_bits=op_cost.other_bits, a_bits=quantizer.bits,
                          num_instances=instances, tokens=elements // (channels * instances),
-                         channels=channels, out_elements=op_cost['out_elements'])
+                         channels=channels, out_elements=op_cost.out_elements)
     row_length = shape[-1]
-    return LayerCost(name=name, kind='softmax', macs=op_cost['macs'],
-                     w_bits=op_cost['other_bits'], a_bits=quantizer.bits, num_instances=1,
+    return LayerCost(name=name, kind='softmax', macs=op_cost.macs,
+                     w_bits=op_cost.other_bits, a_bits=quantizer.bits, num_instances=1,
                      tokens=row_length, channels=elements // row_length,
-                     out_elements=op_cost['out_elements'], row_length=row_length)
+                     out_elements=op_cost.out_elements, row_length=row_length)
 
 
 def model_costs(quantizers: Mapping[str, ActivationQuantizer]) -> dict[str, LayerCost]:
@@ -50,25 +50,15 @@ def model_costs(quantizers: Mapping[str, ActivationQuantizer]) -> dict[str, Laye
     return {name: layer_cost(name, q) for name, q in quantizers.items()}
 
 
-def active_groups(quantizer: ActivationQuantizer) -> tuple[int, bool]:
-    """``(G, dynamic)`` the quantizer runs with, for the BOP model."""
-    if isinstance(quantizer, IGQQuantizer):
-        return int(quantizer.groups), True
-    groups = getattr(quantizer, 'groups', 1)
-    if quantizer.method == 'upper-bound':
-        # one quantizer per item, computed per instance: every item is its own group
-        return -1, True
-    return groups, False
-
-
 def total_bops(quantizers: Mapping[str, ActivationQuantizer]) -> int:
     """BOPs of all quantized operands with their active group counts.
 
-    The upper bound (one range per item) is charged as G equal to the item count.
+    Each quantizer says what it is charged (:meth:`ActivationQuantizer.bop_groups`):
+    the upper bound, one range per item, is charged as G equal to the item count.
     """
     total = 0
     for name, quantizer in quantizers.items():
         cost = layer_cost(name, quantizer)
-        groups, dynamic = active_groups(quantizer)
-        total += layer_bops(cost, cost.channels if groups == -1 else groups, dynamic=dynamic)
+        groups, dynamic = quantizer.bop_groups(cost.channels)
+        total += layer_bops(cost, groups, dynamic=dynamic)
     return total

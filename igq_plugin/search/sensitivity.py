@@ -1,4 +1,4 @@
-"""Per-layer sensitivity tables Omega_l(G) (method doc, section 5).
+"""Per-layer sensitivity tables Omega_l(G) (docs/method.md, section 5).
 
 ``Omega_l(G)`` is the mean over calibration images of ``KL(p_float || p_{l,G})``,
 where only layer ``l``'s activation quantizer is active, with ``G`` groups, and
@@ -9,13 +9,28 @@ free of any detection library.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from ..quant import IGQQuantizer, QuantMode, quant_mode
 
-Predict = Callable[[], Sequence[torch.Tensor]]
+
+@runtime_checkable
+class SensitivityPredictor(Protocol):
+    """What the sensitivity search needs from the caller: the model's class
+    distributions on the calibration images.
+
+    ``predict(layer)`` runs the model (in whatever mode its quantizers are in) and
+    returns one ``[R_i, K]`` probability tensor per calibration image (R_i items:
+    1 for a classifier's image, RoIs of a detector, pixels of a segmentor). ``layer``
+    names the only quantizer that may differ from float (``None``: any may), so an
+    implementation may reuse cached float activations upstream of it; the result
+    must be the same as without that reuse.
+    """
+
+    def predict(self, layer: str | None) -> Sequence[torch.Tensor]:
+        ...
 # Floor for probabilities inside the log: keeps KL finite when a class gets 0.
 PROB_FLOOR = 1e-12
 
@@ -54,7 +69,8 @@ def mean_kl(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) 
 
 
 def sensitivity_tables(model: torch.nn.Module, layers: Mapping[str, IGQQuantizer],
-                       predict: Predict, reference: Sequence[torch.Tensor] | None = None,
+                       predictor: SensitivityPredictor,
+                       reference: Sequence[torch.Tensor] | None = None,
                        on_step: Callable[[], None] | None = None
                        ) -> dict[str, dict[int, float]]:
     """Sensitivity search: one prediction per (layer, candidate G).
@@ -63,12 +79,8 @@ def sensitivity_tables(model: torch.nn.Module, layers: Mapping[str, IGQQuantizer
         model: the model holding ``layers`` (all its quantizers are put in float mode,
             except the one layer being measured).
         layers: calibrated IGQ quantizers by name.
-        predict: runs the model on the calibration images; returns one ``[R_i, K]``
-            probability tensor per image. If it has ``from_layer(name)``, that
-            callable is used while layer ``name`` is measured: it must return the
-            same predictions, recomputing only what the layer can change (cached
-            float activations upstream of it).
-        reference: float predictions; computed with ``predict`` when ``None``.
+        predictor: the model's class distributions (:class:`SensitivityPredictor`).
+        reference: float predictions; computed with ``predictor`` when ``None``.
         on_step: called after every (layer, G) evaluation (progress reporting).
 
     Returns:
@@ -77,17 +89,15 @@ def sensitivity_tables(model: torch.nn.Module, layers: Mapping[str, IGQQuantizer
     tables: dict[str, dict[int, float]] = {}
     with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
         if reference is None:
-            reference = [r.clone() for r in predict()]
-        from_layer = getattr(predict, 'from_layer', None)
+            reference = [r.clone() for r in predictor.predict(None)]
         for name, quantizer in layers.items():
-            predict_layer = from_layer(name) if from_layer is not None else predict
             active = int(quantizer.groups)
             table = {}
             try:
                 quantizer.mode = QuantMode.QUANTIZED
                 for groups in quantizer.candidates:
                     quantizer.set_groups(groups)
-                    table[groups] = mean_kl(reference, predict_layer())
+                    table[groups] = mean_kl(reference, predictor.predict(name))
                     if on_step is not None:
                         on_step()
             finally:

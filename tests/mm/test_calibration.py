@@ -6,11 +6,13 @@ import torch
 from mmengine.registry import MODELS, init_default_scope
 
 import igq_plugin.mm  # noqa: F401
-from igq_plugin.mm import QuantState, calibrate_model, check_quantized, quantize_detector_parts
-from igq_plugin.mm.calibration import release_freed_memory
+from igq_plugin import check_quantized, float_run
+from igq_plugin.calibration import release_freed_memory
+from igq_plugin.mm import calibrate_mm_model, quantize_mm_model
 from igq_plugin.mm.predictors import RoIClassPredictor
-from igq_plugin.nn import (activation_quantizers, export_state, float_layer_count,
-                           igq_quantizers, import_state, quantized_layer_count)
+from igq_plugin.nn import (QuantState, activation_quantizers, export_state, float_layer_count,
+                           igq_quantizers, import_state, quantization_record,
+                           quantized_layer_count, set_quant_state)
 from igq_plugin.quant import QuantMode, quant_mode
 from igq_plugin.search import kl_divergence
 
@@ -31,9 +33,9 @@ def build_pair(quant=QUANT, config=None, roi_head=False, seed=0):
     torch.manual_seed(seed)
     float_model = MODELS.build(tiny_model_cfg(**kwargs))
     float_model.eval()
-    model = MODELS.build(tiny_model_cfg(quant=quant, **kwargs))
+    model = MODELS.build(tiny_model_cfg(quant=dict(quant, roi_head=roi_head), **kwargs))
     model.eval()
-    quantize_detector_parts(model, model.backbone.igq_config, neck=True, roi_head=roi_head)
+    quantize_mm_model(model)
     result = model.load_state_dict(float_model.state_dict(), strict=False)
     assert not result.unexpected_keys
     assert all('quantizer' in key for key in result.missing_keys)
@@ -48,15 +50,15 @@ def features(model, batches):
 def test_float_mode_bit_identical_to_unwrapped_detector():
     float_model, model = build_pair()
     batches = tiny_batches(float_model)
-    model.backbone.igq_state = QuantState.CALIBRATING
-    for ours, theirs in zip(features(model, batches), features(float_model, batches)):
-        assert torch.equal(ours, theirs)
+    with float_run(model):
+        for ours, theirs in zip(features(model, batches), features(float_model, batches)):
+            assert torch.equal(ours, theirs)
 
 
 def test_every_layer_quantized_in_quantized_mode_and_none_in_float_mode():
     float_model, model = build_pair()
     batches = tiny_batches(float_model)
-    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    calibrate_mm_model(model, batches, progress=None)
     assert float_layer_count(model.backbone) == {} and float_layer_count(model.neck) == {}
     assert quantized_layer_count(model.neck) == {'QuantConv2d': 8}  # 4 lateral + 4 fpn convs
     quantizers = activation_quantizers(model)
@@ -67,8 +69,7 @@ def test_every_layer_quantized_in_quantized_mode_and_none_in_float_mode():
     features(model, batches)
     assert changed and all(changed.values()), [n for n, c in changed.items() if not c]
     changed.clear()
-    model.backbone.igq_state = QuantState.CALIBRATING  # the guard refuses float otherwise
-    with quant_mode(model, QuantMode.FLOAT):
+    with float_run(model):  # the guard refuses float otherwise
         features(model, batches)
     assert changed and not any(changed.values())
     for hook in hooks:
@@ -77,8 +78,7 @@ def test_every_layer_quantized_in_quantized_mode_and_none_in_float_mode():
 
 def test_allocation_meets_budget_and_logs_rows():
     float_model, model = build_pair()
-    report = calibrate_model(model, tiny_batches(float_model), model.backbone.igq_config,
-                             progress=None)
+    report = calibrate_mm_model(model, tiny_batches(float_model), progress=None)
     assert report.allocation is not None
     assert report.allocated_gbops <= report.budget_gbops < report.gbops  # + fixed-range input
     assert set(report.allocation) == set(igq_quantizers(model))
@@ -88,9 +88,9 @@ def test_allocation_meets_budget_and_logs_rows():
 
 def roi_kl(float_model, model, batches):
     predictor = RoIClassPredictor(float_model, batches)
-    reference = predictor()
+    reference = predictor.predict(None)
     predictor.model = model
-    outputs = predictor()
+    outputs = predictor.predict(None)
     return float(torch.cat([kl_divergence(r, o) for r, o in zip(reference, outputs)]).mean())
 
 
@@ -101,7 +101,7 @@ def test_w8a8_stays_close_to_float_and_w4a4_does_not():
         float_model, model = build_pair(dict(QUANT, w_bits=bits, a_bits=bits, method='igq-fixed',
                                              bounds='envelope'))
         batches = batches or tiny_batches(float_model)
-        calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+        calibrate_mm_model(model, batches, progress=None)
         kls[bits] = roi_kl(float_model, model, batches)
     assert kls[8] < 0.01 and kls[4] > kls[8], kls
 
@@ -109,12 +109,12 @@ def test_w8a8_stays_close_to_float_and_w4a4_does_not():
 def test_state_roundtrip_reproduces_outputs_and_rejects_other_models():
     float_model, model = build_pair()
     batches = tiny_batches(float_model)
-    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    calibrate_mm_model(model, batches, progress=None)
     expected = features(model, batches)
     state = export_state(model)
     _, fresh = build_pair()
     import_state(fresh, state)
-    fresh.backbone.igq_state = QuantState.CALIBRATING
+    set_quant_state(fresh, QuantState.CALIBRATING)
     with quant_mode(fresh, QuantMode.QUANTIZED):
         for ours, theirs in zip(features(fresh, batches), expected):
             assert torch.equal(ours, theirs)
@@ -130,7 +130,7 @@ def test_cascade_with_roi_head_quantized():
     float_model, model = build_pair(dict(QUANT, method='igq-fixed'), config=CASCADE_CONFIG,
                                     roi_head=True)
     batches = tiny_batches(float_model, count=1)
-    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
+    calibrate_mm_model(model, batches, progress=None)
     assert any(name.startswith('roi_head.bbox_head.2') for name in igq_quantizers(model))
     predictor = RoIClassPredictor(float_model, batches)
     assert predictor.cascade and len(predictor.stage_rois[0]) == 3
@@ -140,7 +140,7 @@ def test_cascade_with_roi_head_quantized():
 def test_empty_calibration_set():
     _, model = build_pair()
     with pytest.raises(ValueError, match='empty calibration'):
-        calibrate_model(model, [], model.backbone.igq_config, progress=None)
+        calibrate_mm_model(model, [], progress=None)
 
 
 def test_search_rois_is_refused_for_a_segmentor():
@@ -156,9 +156,8 @@ def test_search_rois_is_refused_for_a_segmentor():
 def test_bad_search_rois_fails_before_calibrating():
     float_model, model = build_pair()
     with pytest.raises(ValueError, match='search_rois=0: allowed are None'):
-        calibrate_model(model, tiny_batches(float_model), model.backbone.igq_config,
-                        progress=None, search_rois=0)
-    assert model.backbone.igq_state == QuantState.UNCALIBRATED
+        calibrate_mm_model(model, tiny_batches(float_model), progress=None, search_rois=0)
+    assert quantization_record(model).state is QuantState.UNCALIBRATED
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc_trim')

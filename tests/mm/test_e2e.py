@@ -43,7 +43,7 @@ def options(data, *extra):
     return ['--cfg-options', f'test_dataloader.dataset.data_root={data}/',
             f'test_evaluator.ann_file={data}/annotations/instances_val.json',
             'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
-            'model.backbone.quant.candidates=[1,4]', *extra]
+            'model.backbone.quant.candidates=[1,4]', 'model.backbone.quant.groups=4', *extra]
 
 
 def run(args, work_dir, processes=1):

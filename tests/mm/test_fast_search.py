@@ -1,13 +1,13 @@
-"""The sensitivity search with cached float prefixes (``RoIClassPredictor.from_layer``)
+"""The sensitivity search with cached float prefixes (``RoIClassPredictor.predict(layer)``)
 must give the naive search's numbers, hence the same allocation."""
 import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from igq_plugin.mm import QuantState, calibrate_model
+from igq_plugin.mm import calibrate_mm_model
 from igq_plugin.mm.predictors import RoIClassPredictor
 from igq_plugin.mm.resume import SwinPrefixCache, layer_position
-from igq_plugin.nn import igq_quantizers
+from igq_plugin.nn import QuantState, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode
 from igq_plugin.search import allocate_groups, sensitivity_tables
 
@@ -27,8 +27,8 @@ def calibrated(config=None, roi_head=False):
     float_model, model = build_pair(quant=dict(QUANT, method='igq-fixed'), roi_head=roi_head,
                                     **kwargs)
     batches = tiny_batches(float_model, count=2)
-    calibrate_model(model, batches, model.backbone.igq_config, progress=None)
-    model.backbone.igq_state = QuantState.CALIBRATING  # as during the search
+    calibrate_mm_model(model, batches, progress=None)
+    set_quant_state(model, QuantState.CALIBRATING)  # as during the search
     return model, batches
 
 
@@ -54,6 +54,10 @@ def test_fast_search_equals_naive_search(config, roi_head, search_rois):
         for groups, value in naive[name].items():
             assert fast[name][groups] == pytest.approx(value, rel=1e-2, abs=1e-7), (name, groups)
     assert any(v > 0 for table in naive.values() for v in table.values())
+    # every K and V operand is measured on its own (they were never quantized before)
+    for name, table in naive.items():
+        if name.endswith(('output_quantizer.k', 'output_quantizer.v')):
+            assert max(table.values()) > 0, name
     for g_avg in (2, 4):
         assert (allocate_groups(layers, fast, g_avg=g_avg).groups
                 == allocate_groups(layers, naive, g_avg=g_avg).groups)
@@ -67,7 +71,7 @@ def test_search_rois_are_the_best_scored_float_proposals(config):
     with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
         proposals = model.rpn_head.predict(model.extract_feat(batches[0]['inputs']),
                                            batches[0]['data_samples'], rescale=False)[0]
-        full_probs, top_probs = full()[0], top()[0]
+        full_probs, top_probs = full.predict(None)[0], top.predict(None)[0]
     assert len(proposals) > 5 and bool((proposals.scores[:-1] >= proposals.scores[1:]).all())
     for stage_full, stage_top in zip(full.stage_rois[0], top.stage_rois[0]):
         assert stage_top.shape == (5, 5)

@@ -6,7 +6,8 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import igq_plugin.mm.hook as hook_module
-from igq_plugin.mm import IGQCalibrationHook, QuantState
+from igq_plugin.mm import IGQCalibrationHook
+from igq_plugin.nn import QuantState, quantization_record
 
 from .tiny_models import tiny_batches, tiny_model_cfg
 
@@ -34,8 +35,8 @@ def test_hook_calibrates_once_and_saves_state(tmp_path, monkeypatch):
     batches = tiny_batches(runner.model, count=1)
     monkeypatch.setattr(hook_module, 'take_calibration_batches', lambda *a: batches)
     calls = []
-    real = hook_module.calibrate_model
-    monkeypatch.setattr(hook_module, 'calibrate_model',
+    real = hook_module.calibrate_mm_model
+    monkeypatch.setattr(hook_module, 'calibrate_mm_model',
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     hook = IGQCalibrationHook()
     hook.before_run(runner)
@@ -43,7 +44,7 @@ def test_hook_calibrates_once_and_saves_state(tmp_path, monkeypatch):
         hook.before_val(runner)
     hook.before_test(runner)
     assert len(calls) == 1
-    assert runner.model.backbone.igq_state == QuantState.READY
+    assert quantization_record(runner.model).state is QuantState.READY
     assert (tmp_path / 'igq_state.pth').is_file()
 
     # a second run loads the saved state instead of calibrating
@@ -58,19 +59,72 @@ def test_hook_calibrates_once_and_saves_state(tmp_path, monkeypatch):
             assert torch.equal(a, b)
 
 
-def test_state_from_another_config_is_refused_before_evaluation(tmp_path, monkeypatch):
+def save_calibrated_state(tmp_path, monkeypatch):
+    """Calibrate the tiny detector through the hook; the state lands in ``tmp_path``."""
     runner = fake_runner(tmp_path)
     monkeypatch.setattr(hook_module, 'take_calibration_batches',
                         lambda *a: tiny_batches(runner.model, count=1))
     hook = IGQCalibrationHook()
     hook.before_run(runner)
     hook.before_test(runner)
+
+
+def test_state_from_another_config_is_refused_before_evaluation(tmp_path, monkeypatch):
+    save_calibrated_state(tmp_path, monkeypatch)
     other = fake_runner(tmp_path, dict(QUANT, a_bits=6))
     loader = IGQCalibrationHook(state_file=str(tmp_path / 'igq_state.pth'))
     loader.before_run(other)
-    with pytest.raises(ValueError, match='calibrated for model config'):
+    with pytest.raises(ValueError, match="other settings .*a_bits: state 4, now 6"):
         loader.before_test(other)
-    assert other.model.backbone.igq_state == QuantState.UNCALIBRATED
+    assert quantization_record(other.model).state is QuantState.UNCALIBRATED
+
+
+def test_state_from_another_model_config_names_the_difference(tmp_path, monkeypatch):
+    save_calibrated_state(tmp_path, monkeypatch)
+    other = fake_runner(tmp_path)
+    other.cfg.model.test_cfg.rcnn.score_thr = 0.3
+    loader = IGQCalibrationHook(state_file=str(tmp_path / 'igq_state.pth'))
+    loader.before_run(other)
+    with pytest.raises(ValueError, match=r'another model config \(.*test_cfg.rcnn.score_thr: '
+                                         r'state 0.05, now 0.3\)'):
+        loader.before_test(other)
+
+
+def test_checkpoint_that_does_not_fit_is_refused_before_calibration(tmp_path):
+    runner = fake_runner(tmp_path)
+    hook = IGQCalibrationHook()
+    hook.before_run(runner)
+    float_state = MODELS.build(tiny_model_cfg()).state_dict()
+    good = dict(state_dict=dict(float_state))
+    hook.after_load_checkpoint(runner, good)  # fills in the quantizer buffers
+    assert set(good['state_dict']) == set(runner.model.state_dict())
+    missing = {k: v for k, v in float_state.items() if not k.startswith('roi_head.bbox_head')}
+    with pytest.raises(ValueError, match=r'float tensors missing .*roi_head.bbox_head'):
+        hook.after_load_checkpoint(runner, dict(state_dict=missing))
+    extra = dict(float_state, **{'roi_head.bbox_head.1.fc_cls.weight': torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"1 unexpected \['roi_head.bbox_head.1.fc_cls"):
+        hook.after_load_checkpoint(runner, dict(state_dict=extra))
+
+
+@pytest.mark.parametrize('content,message', [
+    (b'not a torch file', 'not a readable IGQ quantization state'),
+    ('tensor', 'is not an IGQ quantization state'),
+    ('dict', r"is not an IGQ quantization state .*keys \['weights'\]"),
+])
+def test_bad_state_files_are_named(tmp_path, content, message):
+    path = tmp_path / 'state.pth'
+    if content == 'tensor':
+        torch.save(torch.zeros(3), path)
+    elif content == 'dict':
+        torch.save(dict(weights=torch.zeros(3)), path)
+    else:
+        path.write_bytes(content)
+    runner = fake_runner(tmp_path)
+    loader = IGQCalibrationHook(state_file=str(path))
+    loader.before_run(runner)
+    with pytest.raises(ValueError, match=message):
+        loader.before_test(runner)
+    assert quantization_record(runner.model).state is QuantState.UNCALIBRATED
 
 
 class TestBadInput:
@@ -93,6 +147,18 @@ class TestBadInput:
     def test_search_rois(self, rois):
         with pytest.raises(ValueError, match=f'search_rois={rois!r}: allowed are None'):
             IGQCalibrationHook(search_rois=rois)
+
+    @pytest.mark.parametrize('argument,key', [('quantize_neck', 'neck'),
+                                              ('quantize_roi_head', 'roi_head')])
+    def test_moved_arguments_point_to_their_key(self, argument, key):
+        with pytest.raises(ValueError, match=f'model.backbone.quant.{key}'):
+            IGQCalibrationHook(**{argument: True})
+
+    def test_igq_without_a_roi_or_decode_head(self, tmp_path):
+        runner = fake_runner(tmp_path, dict(QUANT, method='igq'))
+        runner.model = types.SimpleNamespace(backbone=runner.model.backbone)
+        with pytest.raises(TypeError, match='igq-fixed'):
+            IGQCalibrationHook().before_run(runner)
 
     def test_missing_state_file(self, tmp_path):
         with pytest.raises(FileNotFoundError, match='nope.pth'):

@@ -90,10 +90,11 @@ def test_sensitivity_and_allocation_meet_the_budget():
     _, model = converted(groups=4, images=images)
     layers = igq_quantizers(model)
 
-    def predict():
-        return [torch.softmax(model(images[i:i + 1]), -1) for i in range(len(images))]
+    class Predictor:
+        def predict(self, layer):
+            return [torch.softmax(model(images[i:i + 1]), -1) for i in range(len(images))]
 
-    tables = sensitivity_tables(model, layers, predict)
+    tables = sensitivity_tables(model, layers, Predictor())
     assert set(tables) == set(layers)
     assert all(value >= 0 for table in tables.values() for value in table.values())
     assert all(q.mode is QuantMode.FLOAT for q in layers.values())
