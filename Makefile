@@ -1,5 +1,6 @@
 # The README's commands. Each target first brings up .venv (seconds when it exists).
 PYTHON := .venv/bin/python
+TASK ?= det
 DETECTOR ?= mask-rcnn
 MMDET_TOOLS = $(shell $(PYTHON) -c "import mmdet, os; print(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'tools'))")
 DEMO_CONFIGS := configs/demo
@@ -16,8 +17,10 @@ test: setup
 test-slow: setup
 	$(PYTHON) -m pytest -m slow
 
+# make demo: the detection demo (DETECTOR=mask-rcnn or cascade); make demo TASK=seg: the
+# segmentation demo (both UperNet models).
 demo: setup
-	$(PYTHON) tools/demo.py --detector $(DETECTOR)
+	$(PYTHON) tools/demo.py --task $(TASK) $(if $(filter det,$(TASK)),--model $(DETECTOR))
 
 # Speed and memory of quantized vs float Mask R-CNN Swin-T (README, "Performance").
 # BENCH_ARGS e.g. "--device cuda" or "--calib-image-size 400x608 --search fast naive".

@@ -8,12 +8,13 @@ distributions for the sensitivity search (a
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,23 @@ class ClassifierPredictor:
                     for batch in self.batches]
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode; restore its training flag afterwards.
+
+    Calibration measures the inference-time model: a runner hands the model over in
+    training mode (its test loop calls ``eval()`` only after the ``before_test`` hooks),
+    where dropout, stochastic depth and batch norm would change every statistic and
+    every prediction of the search.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, *,
                     predictor: SensitivityPredictor | None = None,
                     progress: Callable[[int], Any] | None = None) -> CalibrationReport:
@@ -99,6 +117,14 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
         raise TypeError(f'predictor must have predict(layer) -> list of probabilities; got '
                         f'{type(predictor).__name__}')
     start = time.perf_counter()
+    with eval_mode(model):
+        report = _calibrate(model, config, batches, forward, predictor, progress)
+    report.seconds = time.perf_counter() - start
+    release_freed_memory()
+    return report
+
+
+def _calibrate(model, config, batches, forward, predictor, progress) -> CalibrationReport:
     set_quant_state(model, QuantState.CALIBRATING)
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
         for batch in batches:
@@ -122,11 +148,9 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
         report.allocated_gbops = result.total_bops / 1e9
     set_mode(model, QuantMode.QUANTIZED)
     set_quant_state(model, QuantState.READY)
-    report.seconds = time.perf_counter() - start
     report.gbops = total_bops(quantizers) / 1e9
     report.rows = layer_rows(quantizers, sensitivity)
     report.macs = sum(q.op_cost.macs for q in quantizers.values() if q.op_cost is not None)
-    release_freed_memory()
     return report
 
 

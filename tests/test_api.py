@@ -174,3 +174,24 @@ def test_every_quantizer_is_named():
     _, model = converted()
     for name, quantizer in activation_quantizers(model).items():
         assert quantizer.layer_name == name
+
+
+def test_calibration_runs_the_model_in_eval_mode_and_restores_the_flag():
+    """A runner hands the model over in training mode: dropout must not run."""
+    def build():
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5),
+                                    torch.nn.Linear(8, 3))
+        torch.manual_seed(0)
+        for p in model.parameters():
+            torch.nn.init.normal_(p)
+        quantize_model(model, QuantConfig(method='per-tensor'))
+        return model
+
+    batches = [torch.randn(4, 8)]
+    trained, evaluated = build(), build()
+    trained.train()
+    evaluated.eval()
+    calibrate_model(trained, batches, forward)
+    calibrate_model(evaluated, batches, forward)
+    assert trained.training and not evaluated.training
+    assert torch.equal(trained[2].input_quantizer.upper, evaluated[2].input_quantizer.upper)

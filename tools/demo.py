@@ -1,26 +1,34 @@
 #!/usr/bin/env python
-"""The embedded demo: quantize the demo Swin detector with every method and compare.
+"""The embedded demo: quantize the demo models with every method and compare.
 
-Generates the synthetic COCO data (cached), evaluates the float demo detector and,
-at each bit-width, every activation quantizer through the IGQ calibration hook and
-mmdet's CocoMetric; prints a table and writes results.json, results.md and PNG plots
-to --out.
+Generates the synthetic data (cached), evaluates the float demo model and, at each
+bit-width, every activation quantizer through the IGQ calibration hook and the task's
+metric (detection: mmdet's CocoMetric, bbox / segm mAP; segmentation: mmseg's IoUMetric,
+mIoU / aAcc); prints a table and writes results.json, results.md and PNG plots to --out
+(segmentation: --out/seg/<model>).
 
-    python tools/demo.py --detector mask-rcnn      # or cascade
+    python tools/demo.py --task det --model mask-rcnn      # or cascade
+    python tools/demo.py --task seg                        # both UperNet models
 """
 import argparse
 import sys
 
-from igq_plugin.mm.demo import DETECTORS, DemoSettings, run_demo
+from igq_demo.demo import DemoSettings, run_demo
+from igq_demo.tasks import TASKS
 from igq_plugin.quant import METHODS
 
 
-def parse_args(argv=None) -> DemoSettings:
+def parse_args(argv=None) -> list[DemoSettings]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--detector', default='mask-rcnn', choices=sorted(DETECTORS))
+    parser.add_argument('--task', default='det', choices=sorted(TASKS))
+    models = sorted(m for task in TASKS.values() for m in task.models)
+    parser.add_argument('--model', choices=models,
+                        help='demo model (default: det: mask-rcnn; seg: every seg model)')
+    parser.add_argument('--detector', dest='model', choices=sorted(TASKS['det'].models),
+                        help='the same as --model for --task det')
     parser.add_argument('--checkpoint', help='float checkpoint (default: the committed demo model)')
-    parser.add_argument('--data', default='data/synthetic_coco', help='dataset root')
+    parser.add_argument('--data', help="dataset root (default: the task's generated dataset)")
     parser.add_argument('--out', default='work_dirs/demo', help='output directory')
     parser.add_argument('--methods', nargs='+', default=list(METHODS),
                         help=f'activation quantizers, from {list(METHODS)}')
@@ -28,19 +36,28 @@ def parse_args(argv=None) -> DemoSettings:
     parser.add_argument('--g-avg', type=int, default=8, help='G (fixed) or G_avg (igq)')
     parser.add_argument('--calib-images', type=int, default=1, help='calibration images')
     args = parser.parse_args(argv)
-    return DemoSettings(detector=args.detector, checkpoint=args.checkpoint, data=args.data,
-                        out=args.out, methods=tuple(args.methods), bits=tuple(args.bits),
-                        g_avg=args.g_avg, calib_images=args.calib_images)
+    if args.model is None:
+        names = list(TASKS[args.task].models)[:1] if args.task == 'det' else list(
+            TASKS[args.task].models)
+    else:
+        names = [args.model]
+    if args.checkpoint and len(names) > 1:
+        parser.error('--checkpoint needs --model (one model)')
+    return [DemoSettings(task=args.task, model=name, checkpoint=args.checkpoint, data=args.data,
+                         out=args.out, methods=tuple(args.methods), bits=tuple(args.bits),
+                         g_avg=args.g_avg, calib_images=args.calib_images) for name in names]
 
 
 def main(argv=None) -> int:
-    settings = parse_args(argv)
+    runs = parse_args(argv)
     try:
-        settings.validate()
+        for settings in runs:
+            settings.validate()
     except (ValueError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    run_demo(settings)
+    for settings in runs:
+        run_demo(settings)
     return 0
 
 

@@ -5,7 +5,7 @@ Example:
     python tools/make_synthetic_coco.py --out data/synthetic_coco --seed 0 \\
         --num-train 400 --num-val 100 --image-size 256
 
-See ``igq_plugin.data.synthetic_coco`` for what the images contain.
+See ``igq_demo.synthetic_coco`` for what the images contain.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import sys
 import time
 
 try:
-    from igq_plugin.data import synthetic_coco
+    from igq_demo import synthetic_coco
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from igq_plugin.data import synthetic_coco
+    from igq_demo import synthetic_coco
 
 
 def _image_size(text: str):

@@ -14,7 +14,7 @@ import json
 import os.path as osp
 import sys
 
-from igq_plugin.mm.demo import DETECTORS
+from igq_demo.tasks import DET
 from igq_plugin.mm.evaluation import load_config, quantization_errors
 from igq_plugin.quant import METHODS
 
@@ -22,7 +22,7 @@ from igq_plugin.quant import METHODS
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--detector', default='mask-rcnn', choices=sorted(DETECTORS))
+    parser.add_argument('--detector', default='mask-rcnn', choices=sorted(DET.models))
     parser.add_argument('--checkpoint', help='float checkpoint (default: the demo model)')
     parser.add_argument('--data', default='data/synthetic_coco', help='dataset root')
     parser.add_argument('--split', default='train', help='images to calibrate and measure on')
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f'unknown methods {unknown}: allowed are {list(METHODS)}')
-    _, quant_config, default_checkpoint = DETECTORS[args.detector]
+    model = DET.models[args.detector]
+    quant_config, default_checkpoint = model.quant_config, model.checkpoint
     checkpoint = args.checkpoint or default_checkpoint
     annotations = osp.join(args.data, 'annotations', f'instances_{args.split}.json')
     for path in (checkpoint, annotations):

@@ -57,7 +57,7 @@ log "installing $mmcv_wheel"
 "${pip[@]}" addict numpy opencv-python pyyaml yapf
 
 log "project and its dependencies"
-"${pip[@]}" -e "$repo[test]"
+"${pip[@]}" -e "$repo[mm,timm,demo,test]"
 
 # Import check from outside the repo, so no source tree shadows the installed mmcv.
 (cd / && "$venv/bin/python" -c "import mmcv, mmcv.ops, mmdet, mmseg, mmengine, timm; print('mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmseg', mmseg.__version__)")

@@ -1,4 +1,4 @@
-"""Alternating calibration of the G group ranges (method doc, section 3).
+"""Alternating calibration of the G group ranges (docs/method.md, section 3).
 
 Pool the ``(m, M)`` range pairs of every (calibration image, channel), initialise
 the G centres from quantiles of the range ``M - m``, then repeat: assign every pair

@@ -105,19 +105,7 @@ def instance_view(x: torch.Tensor, channel_dim: int, num_instances: int | None) 
     return x.reshape(instances, x.shape[1], -1)
 
 
-def token_axis(channel_dim: int) -> int:
-    """Axis of the tokens in the view returned by :func:`instance_view`."""
-    return 1 if channel_dim == CHANNEL_LAST else 2
 
-
-def channel_axis(channel_dim: int) -> int:
-    """Axis of the channels in the view returned by :func:`instance_view`."""
-    return 2 if channel_dim == CHANNEL_LAST else 1
-
-
-def num_channels(x: torch.Tensor, channel_dim: int) -> int:
-    """Channel count of ``x`` for the given layout."""
-    return x.shape[channel_dim]
 
 
 def instance_channel_ranges(x: torch.Tensor, channel_dim: int,
@@ -173,14 +161,6 @@ def _reduce_token_blocks(tokens: torch.Tensor, reduce, combine) -> torch.Tensor:
     return out
 
 
-def expand_to_view(params: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Make per-``[I, C]`` parameters broadcast against the instance view."""
-    return params.unsqueeze(token_axis(channel_dim))
-
-
-def softmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows of a softmax map: ``[..., N] -> [R, N]`` (a view when contiguous)."""
-    return x.reshape(-1, x.shape[-1])
 
 
 _SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -14,7 +14,7 @@ from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 from torch import nn
 
-from ..calibration import CalibrationReport, calibrate_model
+from ..calibration import CalibrationReport, calibrate_model, eval_mode
 from ..nn import float_run, require_record
 from ..report import format_table
 from .predictors import build_predictor, check_search_rois
@@ -69,11 +69,12 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
     if not batches:
         raise ValueError('empty calibration set: need at least 1 calibration image')
     predictor, start = None, time.perf_counter()
-    if config.method == 'igq':
-        with float_run(model):
-            predictor = build_predictor(model, batches, reuse_prefix, search_rois)
-    report = calibrate_model(model, batches, predict_forward, predictor=predictor,
-                             progress=progress)
+    with eval_mode(model):
+        if config.method == 'igq':
+            with float_run(model):
+                predictor = build_predictor(model, batches, reuse_prefix, search_rois)
+        report = calibrate_model(model, batches, predict_forward, predictor=predictor,
+                                 progress=progress)
     report.seconds = time.perf_counter() - start  # the predictor's set-up included
     return report
 

@@ -9,6 +9,7 @@ evaluation helpers, the benchmark and the tests all call it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
 from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
 
-from ..nn import QuantConfig, QuantizationRecord, quantize_model, register_float_layer
+from ..nn import (QuantConfig, QuantizationRecord, quantize_model, quantizer_buffers,
+                  register_float_layer)
 
 # mmcv's wrappers only add empty-tensor handling, which the quantized layers keep.
 register_float_layer(MMCVLinear)
@@ -113,7 +115,53 @@ def quantize_mm_model(model: nn.Module) -> QuantizationRecord:
     if settings is None:
         raise TypeError(f'{type(model).__name__}.backbone was not built by IGQBackbone: '
                         f"set model.backbone.type='IGQBackbone' and wrapped_type")
-    return quantize_model(model, settings.config, include=settings.parts(model),
+    parts = settings.parts(model)
+    # [choice] the decode head's classifier (1x1 conv to the class logits) stays float,
+    # like the auxiliary head: quantized are the PPM, lateral / FPN convs and bottleneck
+    exclude = tuple(name for name in ('decode_head.conv_seg',)
+                    if 'decode_head' in parts and _has_module(model, name))
+    return quantize_model(model, settings.config, include=parts, exclude=exclude,
                           first_layers=(FIRST_LAYER,),
                           input_range=pixel_range(model), instance_roots=('backbone',))
 
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def fit_float_checkpoint(model: nn.Module, checkpoint: dict) -> str:
+    """Check a float checkpoint against a converted model; complete it in place.
+
+    The checkpoint (``{'state_dict': ...}`` or a bare state dict, keys possibly
+    prefixed ``module.``) must hold exactly the model's float tensors. Quantizer
+    buffers, which no float checkpoint has (calibration computes them), are filled in
+    from the model, so that loading it reports only real mismatches.
+
+    Returns:
+        A one-line report for the log.
+
+    Raises:
+        ValueError: float tensors missing from the checkpoint, or keys the model lacks.
+    """
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    saved = {re.sub(r'^module\.', '', key) for key in state_dict}
+    quantizer = set(quantizer_buffers(model))
+    own = model.state_dict()
+    floats = {k for k in own if k not in quantizer and not k.endswith('num_batches_tracked')}
+    missing = sorted(floats - saved)
+    unexpected = sorted(saved - set(own))
+    if missing or unexpected:
+        raise ValueError(f'IGQ: the checkpoint does not fit {type(model).__name__}: '
+                         f'{len(missing)} float tensors missing {missing[:8]}, '
+                         f'{len(unexpected)} unexpected {unexpected[:8]}; load the float '
+                         f'checkpoint trained for this config')
+    absent = sorted(quantizer - saved)
+    for key in absent:
+        state_dict[key] = own[key]
+    return (f'IGQ: float checkpoint fits the model ({len(floats)} float tensors); '
+            f'{len(absent)} quantizer buffers not in it (calibrated next)')

@@ -9,13 +9,14 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.logging import print_log
+from mmengine.runner import CheckpointLoader, Runner
 
 from ..calibration import CalibrationReport
 from ..nn import QuantState, activation_quantizers, float_run, igq_quantizers, set_quant_state
 from ..quant import QuantMode, quant_mode
 from .calibration import calibrate_mm_model, take_calibration_batches
-from .convert import quantize_mm_model
+from .convert import fit_float_checkpoint, quantize_mm_model
 from .hook import IGQCalibrationHook
 
 
@@ -65,11 +66,13 @@ def _prepared_runner(cfg: Config, checkpoint: str, work_dir: str) -> Runner:
     float weights loaded, not yet calibrated; the model is in eval mode."""
     cfg = cfg.copy()
     cfg.work_dir = work_dir
-    cfg.load_from = checkpoint
+    cfg.load_from = None
     cfg.custom_hooks = []
     runner = Runner.from_cfg(cfg)
     quantize_mm_model(runner.model)
-    runner.load_or_resume()
+    state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    print_log(fit_float_checkpoint(runner.model, state), logger='current')
+    runner.model.load_state_dict(state.get('state_dict', state), strict=True)
     runner.model.eval()
     return runner
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os.path as osp
-import re
 
 import torch
 from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info
@@ -12,10 +11,10 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..calibration import check_quantized
-from ..nn import QuantState, import_state, quantizer_buffers, set_quant_state
+from ..nn import QuantState, import_state, set_quant_state
 from ..quant import QuantMode, set_mode
 from .calibration import calibrate_mm_model, log_report, take_calibration_batches
-from .convert import mm_settings, quantize_mm_model
+from .convert import fit_float_checkpoint, mm_settings, quantize_mm_model
 from .predictors import check_predictable, check_search_rois
 from .state_io import buffers_fingerprint, fingerprinted_state, load_state, weights_fingerprint
 
@@ -107,25 +106,7 @@ class IGQCalibrationHook(Hook):
         calibrated next); they are filled in from the model so that the loader lists
         only real mismatches.
         """
-        model = self._model(runner)
-        state_dict = checkpoint.get('state_dict', checkpoint)
-        saved = {re.sub(r'^module\.', '', key): key for key in state_dict}
-        quantizer = set(quantizer_buffers(model))
-        own = model.state_dict()
-        floats = {k for k in own if k not in quantizer and not k.endswith('num_batches_tracked')}
-        missing = sorted(floats - set(saved))
-        unexpected = sorted(k for k in saved if k not in own)
-        if missing or unexpected:
-            raise ValueError(f'IGQ: the checkpoint does not fit {type(model).__name__}: '
-                             f'{len(missing)} float tensors missing {missing[:8]}, '
-                             f'{len(unexpected)} unexpected {unexpected[:8]}; load the float '
-                             f'checkpoint trained for this config')
-        absent = sorted(quantizer - set(saved))
-        for key in absent:
-            state_dict[key] = own[key]
-        print_log(f'IGQ: float checkpoint fits the model ({len(floats)} float tensors); '
-                  f'{len(absent)} quantizer buffers not in it (calibrated next)',
-                  logger='current')
+        print_log(fit_float_checkpoint(self._model(runner), checkpoint), logger='current')
 
     def before_val(self, runner) -> None:
         self._prepare(runner, 'val')

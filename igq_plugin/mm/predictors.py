@@ -3,15 +3,15 @@
 For two-stage detectors the KL is taken per RoI over the RoI head's class scores,
 with the float model's proposals (and, for Cascade R-CNN, the float model's refined
 RoIs of every stage, the scores averaged over stages as Cascade's own inference
-does). For segmentors, per pixel over the decoded class scores.
+does). For segmentors, per pixel over the decode head's class scores.
 
 Each predictor is prepared once in float mode on the calibration images and then
 called for every (layer, G) of the search; only the feature extractor and the
-RoI classification branch run, never the RPN. Both implement
+RoI classification branch (or the decode head) run, never the RPN. Both implement
 :class:`~igq_plugin.search.SensitivityPredictor`: ``predict(layer)`` recomputes only
 what the named layer can change: for a Swin backbone the blocks from that layer's
-block onwards (see :mod:`.resume`), for a neck layer the neck, for a RoI-head layer
-the head.
+block onwards (see :mod:`.resume`), for a neck layer the neck, for a head layer the
+head.
 """
 from __future__ import annotations
 
@@ -24,6 +24,55 @@ from torch import nn
 from ..quant import QuantMode, quant_mode
 from .resume import SwinPrefixCache, is_resumable_swin, layer_position
 from .roi_matrix import FixedRoIExtractor, supports
+
+
+class FloatFeatures:
+    """Neck outputs of the calibration images when only one layer may differ from float.
+
+    Built in float mode. With ``reuse`` the float activations upstream of a layer are
+    cached: a backbone layer of a Swin backbone resumes from its block
+    (:class:`~.resume.SwinPrefixCache`), a neck layer reruns the neck on the cached
+    backbone outputs, a head layer (``head_prefix``) gets the cached neck outputs.
+
+    Args:
+        model: an mm detector or segmentor (``backbone``, optional ``neck``).
+        images: one preprocessed ``[1, 3, H, W]`` image per calibration image.
+        reuse: cache float activations; ``False``: every call is a full forward.
+        head_prefix: name prefix of the head that consumes the neck outputs.
+    """
+
+    def __init__(self, model: nn.Module, images: Sequence[torch.Tensor], reuse: bool,
+                 head_prefix: str):
+        self.model, self.images, self.reuse = model, list(images), reuse
+        self.head_prefix = head_prefix
+        self.prefix: SwinPrefixCache | None = None
+        with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
+            if reuse and is_resumable_swin(model.backbone):
+                self.prefix = SwinPrefixCache(model.backbone, self.images)
+            self.floats = [tuple(model.extract_feat(image)) for image in self.images]
+
+    def _neck(self, backbone_outputs) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        return tuple(model.neck(backbone_outputs)) if model.with_neck else tuple(backbone_outputs)
+
+    def __call__(self, index: int, layer: str | None) -> tuple[torch.Tensor, ...]:
+        """Neck outputs of calibration image ``index`` when only ``layer`` may differ
+        from float (``None``: anything may; full forward)."""
+        image = self.images[index]
+        if layer is None or not self.reuse:
+            return tuple(self.model.extract_feat(image))
+        if layer.startswith('backbone.'):
+            if self.prefix is None:  # a backbone without resumable structure
+                return tuple(self.model.extract_feat(image))
+            position = layer_position(self.model.backbone, layer[len('backbone.'):])
+            return self._neck(self.prefix.forward_from(index, position, image))
+        if layer.startswith('neck.'):
+            outputs = (self.prefix.outputs(index) if self.prefix is not None
+                       else self.model.backbone(image))
+            return self._neck(outputs)
+        if layer.startswith(self.head_prefix):
+            return self.floats[index]
+        return tuple(self.model.extract_feat(image))
 
 
 class RoIClassPredictor:
@@ -54,24 +103,25 @@ class RoIClassPredictor:
         self.reuse_prefix = reuse_prefix
         self.search_rois = check_search_rois(search_rois)
         self.stage_rois: list[list[torch.Tensor]] = []
-        self.float_feats: list[tuple[torch.Tensor, ...]] = []  # neck outputs per image
-        self.prefix: SwinPrefixCache | None = None
+        self.features = FloatFeatures(model, [b['inputs'] for b in batches], reuse_prefix,
+                                      'roi_head.')
         # per image, per RoI stage: the stage's RoI pooling on its fixed float RoIs
         self.fixed_extractors: list[list[FixedRoIExtractor]] | None = None
         with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
-            if reuse_prefix and is_resumable_swin(model.backbone):
-                self.prefix = SwinPrefixCache(model.backbone, [b['inputs'] for b in batches])
-            for batch in batches:
-                feats = model.extract_feat(batch['inputs'])
+            for batch, feats in zip(batches, self.features.floats):
                 proposals = model.rpn_head.predict(feats, batch['data_samples'], rescale=False)
                 rois = bbox2roi([p.bboxes[:search_rois] for p in proposals])
                 self.stage_rois.append(self._float_stage_rois(feats, rois, batch['data_samples']))
-                self.float_feats.append(tuple(feats))
             if reuse_prefix and self._linear_pooling():
                 self.fixed_extractors = [
                     [self._fixed_extractor(stage, rois, feats)
                      for stage, rois in enumerate(stage_rois)]
-                    for feats, stage_rois in zip(self.float_feats, self.stage_rois)]
+                    for feats, stage_rois in zip(self.features.floats, self.stage_rois)]
+
+    @property
+    def prefix(self) -> SwinPrefixCache | None:
+        """The cached Swin prefix (``None``: not resumable, or ``reuse_prefix=False``)."""
+        return self.features.prefix
 
     @property
     def cascade(self) -> bool:
@@ -135,29 +185,6 @@ class RoIClassPredictor:
                   for stage, rois in enumerate(self.stage_rois[index])]
         return scores[0] if len(scores) == 1 else sum(scores) / len(scores)
 
-    def _neck(self, backbone_outputs) -> tuple[torch.Tensor, ...]:
-        model = self.model
-        return tuple(model.neck(backbone_outputs)) if model.with_neck else tuple(backbone_outputs)
-
-    def _features(self, index: int, layer: str | None) -> tuple[torch.Tensor, ...]:
-        """Neck outputs of calibration image ``index`` when only ``layer`` may differ
-        from float (``None``: anything may; full forward)."""
-        inputs = self.batches[index]['inputs']
-        if layer is None or not self.reuse_prefix:
-            return tuple(self.model.extract_feat(inputs))
-        if layer.startswith('backbone.'):
-            if self.prefix is None:  # a backbone without resumable structure
-                return tuple(self.model.extract_feat(inputs))
-            position = layer_position(self.model.backbone, layer[len('backbone.'):])
-            return self._neck(self.prefix.forward_from(index, position, inputs))
-        if layer.startswith('neck.'):
-            outputs = (self.prefix.outputs(index) if self.prefix is not None
-                       else self.model.backbone(inputs))
-            return self._neck(outputs)
-        if layer.startswith('roi_head.'):
-            return self.float_feats[index]
-        return tuple(self.model.extract_feat(inputs))
-
     def predict(self, layer: str | None) -> list[torch.Tensor]:
         """One ``[R_i, num_classes + 1]`` probability tensor per calibration image when
         only ``layer`` (a module name relative to the model; ``None``: any layer) may
@@ -169,27 +196,38 @@ class RoIClassPredictor:
             # across a rounding boundary
             mmcv_pooling = layer is not None and layer.startswith('roi_head.')
             for index in range(len(self.stage_rois)):
-                feats = self._features(index, layer)
+                feats = self.features(index, layer)
                 scores = self._scores(index, feats, mmcv_pooling)
                 outputs.append(F.softmax(scores.float(), dim=-1))
         return outputs
 
 
 class PixelClassPredictor:
-    """Per-pixel class probabilities of an mmseg ``EncoderDecoder``."""
+    """Per-pixel class probabilities of an mmseg ``EncoderDecoder``.
 
-    def __init__(self, model: nn.Module, batches: Sequence[dict]):
+    The KL is taken at the resolution of the decode head's logits (``[K, H/4, W/4]``
+    for UperNet), not of the image: the head computes every class score there, and the
+    bilinear upsampling that ``encode_decode`` adds is a fixed smoothing of those scores
+    that only multiplies the pixels (16x for UperNet) without adding information.
+
+    Args:
+        model: an mmseg ``EncoderDecoder`` (``extract_feat``, ``decode_head``).
+        batches: preprocessed calibration batches, one image each.
+        reuse_prefix: reuse cached float activations (see :class:`FloatFeatures`).
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[dict], reuse_prefix: bool = True):
         self.model = model
-        self.batches = batches
+        self.features = FloatFeatures(model, [b['inputs'] for b in batches], reuse_prefix,
+                                      'decode_head.')
 
     def predict(self, layer: str | None) -> list[torch.Tensor]:
-        """One ``[H*W, num_classes]`` probability tensor per calibration image (full
-        forwards whatever ``layer`` is)."""
+        """One ``[h * w, num_classes]`` probability tensor per calibration image when only
+        ``layer`` may differ from float (``None``: any layer)."""
         outputs = []
         with torch.no_grad():
-            for batch in self.batches:
-                metas = [sample.metainfo for sample in batch['data_samples']]
-                logits = self.model.encode_decode(batch['inputs'], metas)  # [1, K, H, W]
+            for index in range(len(self.features.images)):
+                logits = self.model.decode_head(list(self.features(index, layer)))  # [1, K, h, w]
                 outputs.append(F.softmax(logits.float(), dim=1).flatten(2)[0].T)
         return outputs
 
@@ -233,4 +271,4 @@ def build_predictor(model: nn.Module, batches: Sequence[dict], reuse_prefix: boo
     check_predictable(model, search_rois)
     if hasattr(model, 'roi_head'):
         return RoIClassPredictor(model, batches, reuse_prefix, search_rois)
-    return PixelClassPredictor(model, batches)
+    return PixelClassPredictor(model, batches, reuse_prefix)

@@ -1,6 +1,6 @@
 """Resume a Swin backbone's forward from the block where a quantizer sits.
 
-The sensitivity search (method doc, section 5) quantizes one layer at a time and
+The sensitivity search (docs/method.md, section 5) quantizes one layer at a time and
 runs the model on the calibration images once per (layer, G). Everything upstream
 of that layer is float and identical in every one of those runs, so it is computed
 once: :class:`SwinPrefixCache` keeps, per calibration image, the float input of

@@ -5,8 +5,8 @@ fixed weighted sum of feature pixels (bilinear weights of its sampling points,
 averaged). The sensitivity search evaluates the RoI head hundreds of times on the
 same float RoIs, so the weights are computed once per calibration image and each
 evaluation is one sparse x dense product per level: the same values up to float
-summation order, about 4x faster than mmcv's CPU kernel at Swin-T sizes (measured,
-1000 RoIs, 256 channels).
+summation order, and several times faster than mmcv's CPU kernel at Swin-T sizes
+(DEVELOPERS.md, "mmcv's CPU RoIAlign").
 
 The weights follow mmcv's ``roi_align`` kernel exactly (``aligned`` offset, the
 adaptive sampling grid ``ceil(roi_size / pooled)``, samples outside

@@ -98,6 +98,17 @@ class QuantConfig:
                 for key, value in self.__dict__.items()}
 
 
+def check_runs(methods: Sequence[str], bits: Sequence[int], groups: int) -> None:
+    """Validate every (method, W/A bits, G) combination a tool will run, up front.
+
+    Raises:
+        ValueError: as :class:`QuantConfig` does, naming the value and what is allowed.
+    """
+    for method in methods:
+        for width in bits:
+            QuantConfig(method=method, w_bits=width, a_bits=width, groups=groups)
+
+
 # Float layer classes converted, by the wrapper they become. Subclasses that only add
 # behaviour irrelevant to quantization (e.g. mmcv's empty-tensor ``Linear``) are
 # added by :func:`register_float_layer`; other subclasses are left alone, since a

@@ -12,7 +12,7 @@ Two kinds of item are grouped:
 - ``'softmax'``: the rows of a softmax attention map ``[..., N]``; rows are
   non-negative, so every group has ``l_g = 0`` and rows are grouped by their max.
 
-Methods (method doc, section 7): ``per-tensor``, ``static-group``, ``igq-fixed`` /
+Methods (docs/method.md, section 7): ``per-tensor``, ``static-group``, ``igq-fixed`` /
 ``igq`` (the same quantizer; ``igq`` also runs the group-size allocation) and
 ``upper-bound``.
 """
@@ -333,7 +333,7 @@ def _shared_or_all(values: torch.Tensor) -> torch.Tensor:
 
 
 class IGQQuantizer(ActivationQuantizer):
-    """Instance-aware group quantizer (method doc, sections 3 and 4).
+    """Instance-aware group quantizer (docs/method.md, sections 3 and 4).
 
     At run time every item (channel of one instance, or softmax row) is assigned to
     one of G calibrated groups from its own range on this instance (``assignment``),
@@ -351,13 +351,13 @@ class IGQQuantizer(ActivationQuantizer):
             min/max over the calibration ranges of its members, so no calibrated
             channel is clipped and G=1 is the per-tensor min/max quantizer) or
             ``'mean'`` (the group's centre, the mean of its members' ranges, the
-            method doc's wording; it clips every member wider than the mean, and at
+            wording of docs/method.md; it clips every member wider than the mean, and at
             G=1 clips all outlier channels). See README, "Group bounds".
         assignment: run-time rule [choice]: ``'cover'`` (default: the narrowest group
             whose quantization range contains the item's range on this instance, else
             the one that clips least; see :func:`~igq_plugin.grouping.assign_covering`)
             or ``'nearest'`` (the group whose centre is nearest by ``distance``, the
-            method doc's wording, which clips every item wider than the range of its
+            wording of docs/method.md, which clips every item wider than the range of its
             nearest group). See README, "Group assignment", for the measurements.
     """
 

@@ -1,6 +1,6 @@
 """Uniform asymmetric quantization as pure functions over tensors.
 
-A ``b``-bit quantizer with bounds ``[l, u]`` has (method doc, section 2)::
+A ``b``-bit quantizer with bounds ``[l, u]`` has (docs/method.md, section 2)::
 
     s = (u - l) / (2^b - 1)
     z = clamp(round(-l / s), 0, 2^b - 1)

@@ -4,7 +4,7 @@ Imports only torch/numpy (and scipy, lazily, for ``method='milp'``).
 """
 from .allocate import AllocationResult, allocate_groups
 from .allocation import ALLOCATION_METHODS, allocation_summary, solve_allocation
-from .bops import (DEFAULT_CANDIDATES, FLOAT_OP_BOPS, LAYER_KINDS, LayerCost, budget_bops,
+from .bops import (DEFAULT_CANDIDATES, FLOAT_OP_BOPS, LayerCost, budget_bops,
                    capped_candidates, cost_table, layer_bops)
 from .model_costs import layer_cost, model_costs, total_bops
 from .sensitivity import (SensitivityPredictor, apply_allocation, kl_divergence, mean_kl,
@@ -12,7 +12,7 @@ from .sensitivity import (SensitivityPredictor, apply_allocation, kl_divergence,
 
 __all__ = [
     'AllocationResult', 'allocate_groups',
-    'ALLOCATION_METHODS', 'DEFAULT_CANDIDATES', 'FLOAT_OP_BOPS', 'LAYER_KINDS', 'LayerCost',
+    'ALLOCATION_METHODS', 'DEFAULT_CANDIDATES', 'FLOAT_OP_BOPS', 'LayerCost',
     'allocation_summary', 'budget_bops', 'capped_candidates', 'cost_table', 'layer_bops',
     'solve_allocation', 'layer_cost', 'model_costs', 'total_bops', 'apply_allocation',
     'kl_divergence', 'mean_kl', 'sensitivity_tables', 'SensitivityPredictor'

@@ -6,7 +6,7 @@ from typing import Mapping
 
 from ..quant import IGQQuantizer
 from .allocation import solve_allocation
-from .bops import layer_bops
+from .bops import layer_bops, reference_groups
 from .model_costs import model_costs
 from .sensitivity import apply_allocation
 
@@ -51,7 +51,7 @@ def allocate_groups(layers: Mapping[str, IGQQuantizer], sensitivity: Mapping[str
     if budget is None:
         budget = 0
         for name, quantizer in layers.items():
-            reference = min(g_avg, costs[name].channels)
+            reference = reference_groups(costs[name], g_avg)
             if reference not in bops[name]:
                 raise ValueError(f'{name}: G_avg={g_avg} (capped to {reference}) is not one of '
                                  f'its calibrated candidates {quantizer.candidates}')

@@ -49,7 +49,6 @@ from ..quant.activation import DEFAULT_CANDIDATES, KINDS
 __all__ = [
     'DEFAULT_CANDIDATES',
     'FLOAT_OP_BOPS',
-    'LAYER_KINDS',
     'LayerCost',
     'budget_bops',
     'capped_candidates',
@@ -60,8 +59,6 @@ __all__ = [
 #: BOPs charged for one 32-bit float add, compare or multiply. [choice]
 FLOAT_OP_BOPS = 32
 
-#: Kinds of quantized op a :class:`LayerCost` describes (the quantizers' kinds).
-LAYER_KINDS = KINDS
 
 # Smallest allowed value of each integer field of LayerCost.
 _FIELD_MIN = {
@@ -144,8 +141,8 @@ class LayerCost:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(f'name must be a str, got {self.name!r}')
-        if self.kind not in LAYER_KINDS:
-            raise ValueError(f'kind must be one of {LAYER_KINDS}, got {self.kind!r}')
+        if self.kind not in KINDS:
+            raise ValueError(f'kind must be one of {KINDS}, got {self.kind!r}')
         for field in fields(self):
             if field.name in _FIELD_MIN:
                 value = _check_int(f'LayerCost({self.name!r}).{field.name}',
@@ -165,7 +162,8 @@ def layer_bops(cost: LayerCost, groups: int, float_op_bops: int = FLOAT_OP_BOPS,
 
     Args:
         cost: Shape facts of the layer.
-        groups: ``G``, number of group quantizers, ``1 <= G <= cost.channels``.
+        groups: ``G``, number of group quantizers, ``1 <= G <= cost.channels`` for
+            channel layers, ``G >= 1`` for softmax layers.
         float_op_bops: BOPs of one 32-bit float operation, >= 0.
         dynamic: Whether channels (rows) are assigned to groups per instance at
             run time. A static quantizer (or any single group) needs no run-time
@@ -176,13 +174,15 @@ def layer_bops(cost: LayerCost, groups: int, float_op_bops: int = FLOAT_OP_BOPS,
 
     Raises:
         TypeError: If ``groups`` or ``float_op_bops`` is not an int.
-        ValueError: If ``groups`` is outside ``[1, cost.channels]`` or
+        ValueError: If ``groups`` is outside that range or
             ``float_op_bops`` is negative.
     """
     if not isinstance(cost, LayerCost):
         raise TypeError(f'cost must be a LayerCost, got {type(cost).__name__}')
     g = _check_int('groups', groups, -math.inf)
-    if not 1 <= g <= cost.channels:
+    # channels bound G; softmax rows are items of every instance, any G >= 1 is a table
+    limit = cost.channels if cost.kind == 'channel' else math.inf
+    if not 1 <= g <= limit:
         raise ValueError(f'groups must be in [1, {cost.channels}] (channels of layer '
                          f'{cost.name!r}), got {g}')
     f = _check_int('float_op_bops', float_op_bops, 0)
@@ -211,7 +211,7 @@ def budget_bops(costs: Iterable[LayerCost], g_avg: int, float_op_bops: int = FLO
         dynamic: Passed to :func:`layer_bops`.
 
     Returns:
-        ``sum(layer_bops(c, min(g_avg, c.channels)) for c in costs)``.
+        ``sum(layer_bops(c, reference_groups(c, g_avg)) for c in costs)``.
 
     Raises:
         ValueError: If ``costs`` is empty or ``g_avg < 1``.
@@ -220,7 +220,14 @@ def budget_bops(costs: Iterable[LayerCost], g_avg: int, float_op_bops: int = FLO
     costs = list(costs)
     if not costs:
         raise ValueError('costs is empty: need at least one layer to set a budget')
-    return sum(layer_bops(c, min(g_avg, c.channels), float_op_bops, dynamic) for c in costs)
+    return sum(layer_bops(c, reference_groups(c, g_avg), float_op_bops, dynamic)
+               for c in costs)
+
+
+def reference_groups(cost: LayerCost, g_avg: int) -> int:
+    """G of a layer in the budget "every layer at G_avg": capped at a channel layer's
+    channel count (softmax rows are not capped)."""
+    return min(g_avg, cost.channels) if cost.kind == 'channel' else g_avg
 
 
 def capped_candidates(channels: int,

@@ -13,8 +13,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from igq_plugin.data import synthetic_coco as sc
-from igq_plugin.data import (CLASSES, dataset_is_current, generate_dataset,
+from igq_demo import synthetic_coco as sc
+from igq_demo.synthetic_coco import (CLASSES, dataset_is_current, generate_dataset,
                              generate_image, parse_image_size)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -87,9 +87,9 @@ def test_allocation_meets_budget_and_logs_rows():
 
 
 def roi_kl(float_model, model, batches):
-    predictor = RoIClassPredictor(float_model, batches)
+    predictor = RoIClassPredictor(float_model, batches)  # the float model's RoIs
     reference = predictor.predict(None)
-    predictor.model = model
+    predictor.model = predictor.features.model = model
     outputs = predictor.predict(None)
     return float(torch.cat([kl_divergence(r, o) for r, o in zip(reference, outputs)]).mean())
 
@@ -146,11 +146,11 @@ def test_empty_calibration_set():
 def test_search_rois_is_refused_for_a_segmentor():
     import types
 
-    from igq_plugin.mm.predictors import PixelClassPredictor, build_predictor
+    from igq_plugin.mm.predictors import check_predictable
     segmentor = types.SimpleNamespace(encode_decode=lambda inputs, metas: None)
-    assert isinstance(build_predictor(segmentor, []), PixelClassPredictor)
+    check_predictable(segmentor)
     with pytest.raises(TypeError, match='search_rois=100 applies to two-stage detectors'):
-        build_predictor(segmentor, [], search_rois=100)
+        check_predictable(segmentor, search_rois=100)
 
 
 def test_bad_search_rois_fails_before_calibrating():

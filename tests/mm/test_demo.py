@@ -7,8 +7,8 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from igq_plugin.data import generate_dataset
-from igq_plugin.mm.demo import COLUMNS, DETECTORS
+from igq_demo.synthetic_coco import generate_dataset
+from igq_demo.tasks import DET
 
 pytestmark = pytest.mark.slow
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -20,7 +20,7 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
     generate_dataset(data, seed=2, num_train=3, num_val=3, image_size=(96, 96))
     init_default_scope('mmdet')
     torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(DETECTORS['mask-rcnn'][0]).model)
+    model = MODELS.build(Config.fromfile(DET.models['mask-rcnn'].float_config).model)
     checkpoint = str(tmp_path / 'float.pth')
     torch.save(dict(state_dict=model.state_dict()), checkpoint)
     import importlib.util
@@ -33,7 +33,7 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
     records = json.load(open(osp.join(out, 'results.json')))
     assert [r['method'] for r in records] == ['float', 'per-tensor', 'igq-fixed']
     for record in records:
-        assert set(record) == set(COLUMNS)
+        assert set(record) == set(DET.columns)
         for metric in ('bbox_mAP', 'segm_mAP'):
             assert isinstance(record[metric], float) and (0 <= record[metric] <= 1
                                                           or record[metric] == -1)
@@ -76,6 +76,7 @@ def test_demo_bad_input(tmp_path):
     assert demo.main(['--methods', 'kmeans']) == 2
     assert demo.main(['--checkpoint', str(tmp_path / 'missing.pth')]) == 2
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(FileNotFoundError, match='not a COCO dataset'):
-        from igq_plugin.mm.demo import DemoSettings, prepare_data
+    with pytest.raises(FileNotFoundError, match='not a det dataset'):
+        from igq_demo.demo import DemoSettings, prepare_data
         prepare_data(DemoSettings(data=str(tmp_path / 'empty')))
+

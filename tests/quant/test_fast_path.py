@@ -1,6 +1,6 @@
 """The run-time fake-quantization path equals the straightforward computation, bit for bit.
 
-The references below are the method doc's formulas written out with out-of-place
+The references below are the formulas of docs/method.md written out with out-of-place
 operations and copies (``instance_view``, ``aminmax``, the ``[*S, G]`` distance table
 and ``argmin``), as the quantizers computed them before the fast path.
 """

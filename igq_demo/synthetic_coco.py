@@ -84,7 +84,7 @@ SIZE_RANGE = (0.15, 0.5)
 #: An object may be occluded down to this fraction of its in-image area.
 MIN_VISIBLE_FRACTION = 0.3
 
-_GENERATOR = "igq_plugin.data.synthetic_coco"
+_GENERATOR = "igq_demo.synthetic_coco"
 _SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 0, "val": 1}
 _IMAGE_EXT = ".jpg"

@@ -9,21 +9,25 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_ap_by_method(records: Sequence[Mapping], path: str) -> str:
-    """Grouped bars of bbox and segm mAP per method, one bar per bit-width.
+def plot_metrics_by_method(records: Sequence[Mapping], metrics: Sequence[str],
+                           value_range: tuple[float, float], path: str, title: str) -> str:
+    """Grouped bars of each metric per method, one bar per bit-width.
 
     Args:
-        records: result records with ``method``, ``w_bits``, ``a_bits``,
-            ``bbox_mAP``, ``segm_mAP`` (float records have ``w_bits == 32``).
+        records: result records with ``method``, ``w_bits``, ``a_bits`` and the
+            ``metrics`` (float records have ``w_bits == 32``).
+        metrics: the metric columns, one panel each.
+        value_range: the metrics' range (e.g. ``(0, 1)`` for mAP, ``(0, 100)`` for mIoU).
         path: output PNG.
+        title: the figure's title.
     """
     methods = list(dict.fromkeys(r['method'] for r in records))
     settings = sorted({(r['w_bits'], r['a_bits']) for r in records if r['method'] != 'float'})
     float_record = next((r for r in records if r['method'] == 'float'), None)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
     width = 0.8 / max(1, len(settings))
     quant_methods = [m for m in methods if m != 'float']
-    for ax, metric in zip(axes, ('bbox_mAP', 'segm_mAP')):
+    for ax, metric in zip(axes[0], metrics):
         for k, (w_bits, a_bits) in enumerate(settings):
             values = [next((r[metric] for r in records if r['method'] == m
                             and (r['w_bits'], r['a_bits']) == (w_bits, a_bits)), 0.0)
@@ -34,9 +38,9 @@ def plot_ap_by_method(records: Sequence[Mapping], path: str) -> str:
             ax.axhline(float_record[metric], color='k', linestyle='--', label='float')
         ax.set_xticks(range(len(quant_methods)), quant_methods, rotation=20)
         ax.set_ylabel(metric)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(*value_range)
         ax.legend(fontsize=8)
-    fig.suptitle('COCO mAP on the synthetic val split by activation quantizer')
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

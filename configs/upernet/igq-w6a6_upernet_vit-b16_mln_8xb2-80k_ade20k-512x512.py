@@ -1,0 +1,2 @@
+_base_ = './igq-w4a4_upernet_vit-b16_mln_8xb2-80k_ade20k-512x512.py'
+model = dict(backbone=dict(quant=dict(w_bits=6, a_bits=6)))

@@ -1,0 +1,170 @@
+"""The embedded demo: float vs every activation quantizer on the generated data.
+
+``tools/demo.py`` is the command line; this module does the work for every task of
+:mod:`igq_demo.tasks` (detection: COCO mAP; segmentation: mIoU / aAcc).
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+from dataclasses import dataclass, field
+
+from mmengine.logging import print_log
+
+from igq_plugin.mm.evaluation import (allocation_of, channel_range_statistics, load_config,
+                                      run_test)
+from igq_plugin.nn.convert import check_runs
+from igq_plugin.quant import METHODS
+from igq_plugin.report import format_table
+
+from .plots import plot_channel_ranges, plot_groups_per_layer, plot_metrics_by_method
+from .tasks import TASKS, DemoTask
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs (see ``tools/demo.py --help``)."""
+
+    task: str = 'det'
+    model: str | None = None  # None: the task's first model
+    checkpoint: str | None = None
+    data: str | None = None  # None: the task's generated dataset
+    out: str = 'work_dirs/demo'
+    methods: tuple[str, ...] = METHODS
+    bits: tuple[int, ...] = (4, 6)
+    g_avg: int = 8
+    calib_images: int = 1
+    variation_images: int = 8
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> DemoTask:
+        return TASKS[self.task]
+
+    @property
+    def model_name(self) -> str:
+        return self.model or next(iter(self.spec.models))
+
+    @property
+    def data_root(self) -> str:
+        return self.data or self.spec.default_data
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.checkpoint or self.spec.models[self.model_name].checkpoint
+
+    def validate(self) -> None:
+        """Check every setting before any long work starts."""
+        if self.task not in TASKS:
+            raise ValueError(f'task={self.task!r}: allowed are {sorted(TASKS)}')
+        if self.model_name not in self.spec.models:
+            raise ValueError(f'model={self.model!r} is not a {self.task} demo model: allowed '
+                             f'are {sorted(self.spec.models)}')
+        check_runs(self.methods, self.bits, self.g_avg)
+        if self.calib_images < 1:
+            raise ValueError(f'calib_images={self.calib_images}: need at least 1')
+        if not osp.isfile(self.checkpoint_path):
+            raise FileNotFoundError(f'demo checkpoint {self.checkpoint_path!r} does not exist; '
+                                    f'train it with `make demo-models` or pass --checkpoint')
+
+
+def prepare_data(settings: DemoSettings) -> str:
+    """The dataset root: the default dataset is generated unless a current copy exists;
+    any other ``--data`` must already hold a dataset of the task."""
+    task, root = settings.spec, settings.data_root
+    if root != task.default_data:
+        if not osp.exists(osp.join(root, task.val_marker)):
+            raise FileNotFoundError(f'data={root!r} has no {task.val_marker}: not a {task.name} '
+                                    f'dataset of this demo (omit --data to use the generated '
+                                    f'{task.default_data})')
+        return root
+    if not task.is_current(root, **task.dataset_args):
+        print_log(f'generating the synthetic dataset in {root}', logger='current')
+        task.generate(root, **task.dataset_args)
+    return root
+
+
+def _record(task: DemoTask, method, w_bits, a_bits, g_avg, result, gbops) -> dict:
+    metrics = {column: round(float(result.metrics[key]), 4)
+               for column, key in task.metrics.items()}
+    return dict(method=method, w_bits=w_bits, a_bits=a_bits, g_avg=g_avg, **metrics,
+                gbops=round(gbops, 4), calib_seconds=round(result.calib_seconds, 2),
+                eval_seconds=round(result.eval_seconds, 2))
+
+
+def output_dir(settings: DemoSettings) -> str:
+    """``out`` for the detection demo's first model, ``out/<task or model>`` otherwise."""
+    if settings.task == 'det':
+        return settings.out if settings.model_name == 'mask-rcnn' else osp.join(
+            settings.out, settings.model_name)
+    return osp.join(settings.out, settings.task, settings.model_name)
+
+
+def run_demo(settings: DemoSettings) -> list[dict]:
+    """Evaluate float and every (method, bits) and write results, table and plots."""
+    settings.validate()
+    task = settings.spec
+    data = prepare_data(settings)
+    model = task.models[settings.model_name]
+    checkpoint = settings.checkpoint_path
+    out = output_dir(settings)
+    os.makedirs(out, exist_ok=True)
+    options = dict(task.data_options(data.rstrip('/') + '/'), log_level='WARNING',
+                   **settings.extra)
+    records, allocations, macs = [], {}, 0
+    for bits in settings.bits:
+        for method in settings.methods:
+            quant = {'model.backbone.quant.method': method, 'model.backbone.quant.w_bits': bits,
+                     'model.backbone.quant.a_bits': bits,
+                     'model.backbone.quant.groups': settings.g_avg,
+                     'custom_hooks.0.num_images': settings.calib_images}
+            cfg = load_config(model.quant_config, dict(options, **quant))
+            result = run_test(cfg, checkpoint, osp.join(out, 'runs', f'{method}_w{bits}a{bits}'))
+            macs = macs or result.report.macs
+            if allocation_of(result.report):
+                allocations[bits] = allocation_of(result.report)
+            g_avg = {'per-tensor': 1, 'upper-bound': None}.get(method, settings.g_avg)
+            records.append(_record(task, method, bits, bits, g_avg, result, result.report.gbops))
+            print_log(format_table([records[-1]], task.columns), logger='current')
+    float_result = run_test(load_config(model.float_config, options), checkpoint,
+                            osp.join(out, 'runs', 'float'))
+    records.insert(0, _record(task, 'float', 32, 32, None, float_result, macs * 32 * 32 / 1e9))
+    _write_outputs(records, out, settings, data)
+    allocation = allocations.get(min(settings.bits))
+    if allocation:
+        plot_groups_per_layer(allocation, osp.join(out, 'groups_per_layer.png'),
+                              f'Chosen G per layer, W{min(settings.bits)}/A{min(settings.bits)}, '
+                              f'G_avg = {settings.g_avg}')
+    ranges = channel_range_statistics(
+        load_config(model.quant_config, dict(options, **{'model.backbone.quant.method': 'igq'})),
+        checkpoint, osp.join(out, 'runs', 'variation'), settings.variation_images)
+    plot_channel_ranges(ranges, osp.join(out, 'channel_range_variation.png'),
+                        min(settings.variation_images, task.count_val(data)))
+    with open(osp.join(out, 'channel_ranges.json'), 'w') as f:
+        json.dump(ranges, f, indent=2)
+    return records
+
+
+def _write_outputs(records: list[dict], out: str, settings: DemoSettings, data: str) -> None:
+    task = settings.spec
+    with open(osp.join(out, 'results.json'), 'w') as f:
+        json.dump(records, f, indent=2)
+    header = (f'# IGQ demo: {settings.model_name}, synthetic {task.name} val '
+              f'({task.count_val(data)} images), {settings.calib_images} calibration '
+              f'image(s), G_avg = {settings.g_avg}\n\n')
+    with open(osp.join(out, 'results.md'), 'w') as f:
+        f.write(header + _markdown(records, task.columns))
+    plot_metrics_by_method(records, list(task.metrics), task.metric_range,
+                           osp.join(out, 'ap_by_method.png' if task.name == 'det'
+                                    else 'miou_by_method.png'),
+                           f'{", ".join(task.metrics)} on the synthetic val split by '
+                           f'activation quantizer')
+    print(format_table(records, task.columns), flush=True)  # the demo's terminal output
+
+
+def _markdown(records: list[dict], columns: list[str]) -> str:
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join('-' if r[c] is None else str(r[c]) for c in columns) + ' |'
+              for r in records]
+    return '\n'.join(lines) + '\n'
