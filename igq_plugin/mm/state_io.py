@@ -69,7 +69,9 @@ def _flatten(value: Any, prefix: str = '') -> dict[str, Any]:
 
 def _differences(saved: dict, current: dict, limit: int = 6) -> list[str]:
     saved, current = _flatten(saved), _flatten(current)
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    # the outermost differences first: a detector's state in a segmentor shows `type`
+    keys = sorted((k for k in set(saved) | set(current) if saved.get(k) != current.get(k)),
+                  key=lambda k: (k.count('.'), k))
     return [f'{k}: state {saved.get(k, "<absent>")!r}, now {current.get(k, "<absent>")!r}'
             for k in keys[:limit]] + ([f'... {len(keys) - limit} more'] if len(keys) > limit
                                       else [])

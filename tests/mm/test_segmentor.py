@@ -117,3 +117,73 @@ def test_pixel_search_with_cached_prefix_equals_naive():
         layers, naive, g_avg=2).groups
     probabilities = naive_predictor.predict(None)[0]
     assert probabilities.shape == (16 * 16, 4)  # the decode head's 1/4 resolution
+
+
+def fake_runner(tmp_path, model_cfg, scope):
+    import types
+
+    from mmengine.config import Config
+    init_default_scope(scope)
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg)
+    model.eval()
+    return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg)),
+                                 work_dir=str(tmp_path),
+                                 test_loop=types.SimpleNamespace(dataloader=None))
+
+
+def test_hook_calibrates_a_segmentor_once_and_refuses_a_detector_state(tmp_path, monkeypatch):
+    import igq_plugin.mm.hook as hook_module
+    from igq_plugin.mm import IGQCalibrationHook
+    from igq_plugin.nn import QuantState, quantization_record
+
+    from .tiny_models import tiny_batches, tiny_model_cfg
+    quant = dict(QUANT, method='igq-fixed')
+    detector = fake_runner(tmp_path / 'det', tiny_model_cfg(quant=quant), 'mmdet')
+    (tmp_path / 'det').mkdir()
+    monkeypatch.setattr(hook_module, 'take_calibration_batches',
+                        lambda *a: tiny_batches(detector.model, count=1))
+    hook = IGQCalibrationHook()
+    hook.before_run(detector)
+    hook.before_test(detector)
+
+    segmentor = fake_runner(tmp_path, tiny_segmentor_cfg(quant=quant), 'mmseg')
+    monkeypatch.setattr(hook_module, 'take_calibration_batches',
+                        lambda *a: tiny_seg_batches(segmentor.model, count=1))
+    calls = []
+    real = hook_module.calibrate_mm_model
+    monkeypatch.setattr(hook_module, 'calibrate_mm_model',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    hook = IGQCalibrationHook()
+    hook.before_run(segmentor)
+    for _ in range(3):
+        hook.before_test(segmentor)
+    assert len(calls) == 1 and (tmp_path / 'igq_state.pth').is_file()
+    assert quantization_record(segmentor.model).state is QuantState.READY
+
+    other = fake_runner(tmp_path, tiny_segmentor_cfg(quant=quant), 'mmseg')
+    loader = IGQCalibrationHook(state_file=str(tmp_path / 'det' / 'igq_state.pth'))
+    loader.before_run(other)
+    with pytest.raises(ValueError, match=r"another model config \(.*type: state 'MaskRCNN', "
+                                         r"now 'EncoderDecoder'"):
+        loader.before_test(other)
+    assert quantization_record(other.model).state is QuantState.UNCALIBRATED
+
+
+def test_bad_segmentor_input():
+    from igq_plugin.mm import IGQCalibrationHook
+    with pytest.raises(ValueError, match="wrapped_type='ResNetV1c'"):
+        cfg = tiny_segmentor_cfg()
+        cfg.backbone = dict(type='IGQBackbone', wrapped_type='ResNetV1c', quant=QUANT, depth=18)
+        MODELS.build(cfg)
+    model = MODELS.build(tiny_segmentor_cfg(quant=QUANT))
+    quantize_mm_model(model)
+    with pytest.raises(ValueError, match='empty calibration'):
+        calibrate_mm_model(model, [], progress=None)
+    with pytest.raises(TypeError, match='search_rois=50 applies to two-stage detectors'):
+        calibrate_mm_model(model, tiny_seg_batches(model, count=1), progress=None,
+                           search_rois=50)
+    import types
+    runner = types.SimpleNamespace(model=model)
+    with pytest.raises(TypeError, match='search_rois=50 applies'):
+        IGQCalibrationHook(search_rois=50).before_run(runner)
