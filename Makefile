@@ -6,7 +6,7 @@ MMDET_TOOLS = $(shell $(PYTHON) -c "import mmdet, os; print(os.path.join(os.path
 DEMO_CONFIGS := configs/demo
 DATA := data/synthetic_coco
 
-.PHONY: setup test test-slow demo demo-models benchmark
+.PHONY: setup test test-slow demo demo-models demo-seg-models benchmark
 
 setup:
 	@bash tools/setup_env.sh
@@ -50,3 +50,23 @@ demo-models: setup
 	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_models/cascade/epoch_2.pth \
 		demo_models/cascade-mask-rcnn_swin-demo.pth
 	cd demo_models && sha256sum *.pth > SHA256SUMS
+
+# The segmentation demo's UperNet Swin and UperNet ViT, trained from scratch on the
+# synthetic semantic shapes (CPU, 1 thread each; configs/demo_seg/README.md). Their
+# recipe is not final: the checkpoints are not committed yet.
+SEG_DATA := data/synthetic_seg
+SEG_CONFIGS := configs/demo_seg
+MMSEG_TOOLS = $(shell $(PYTHON) -c "import mmseg, os; print(os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools'))")
+demo-seg-models: setup
+	$(PYTHON) tools/make_synthetic_seg.py --out $(SEG_DATA) --seed 0 --num-train 400 \
+		--num-val 100 --image-size 128 --skip-if-current
+	OMP_NUM_THREADS=1 $(PYTHON) $(MMSEG_TOOLS)/train.py \
+		$(SEG_CONFIGS)/upernet_swin-demo-p4-w4_synthetic-seg-128x128.py \
+		--work-dir work_dirs/demo_seg_models/upernet_swin-demo
+	OMP_NUM_THREADS=1 $(PYTHON) $(MMSEG_TOOLS)/train.py \
+		$(SEG_CONFIGS)/upernet_vit-demo-p8-d128-l6_synthetic-seg-128x128.py \
+		--work-dir work_dirs/demo_seg_models/upernet_vit-demo
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_seg_models/upernet_swin-demo/iter_5500.pth \
+		demo_models/upernet_swin-demo.pth
+	$(PYTHON) tools/export_checkpoint.py work_dirs/demo_seg_models/upernet_vit-demo/iter_4000.pth \
+		demo_models/upernet_vit-demo.pth

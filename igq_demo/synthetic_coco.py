@@ -718,25 +718,27 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _read_meta(out_dir: str) -> Optional[Dict[str, Any]]:
+def _read_meta(out_dir: str, generator: str = _GENERATOR) -> Optional[Dict[str, Any]]:
+    """``meta.json`` of a dataset written by ``generator`` (``None`` otherwise)."""
     try:
         with open(os.path.join(out_dir, "meta.json"), "r", encoding="utf-8") as fh:
             meta = json.load(fh)
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("generator") != _GENERATOR:
+    if not isinstance(meta, dict) or meta.get("generator") != generator:
         return None
     return meta
 
 
-def _prepare_out_dir(out_dir: str) -> None:
+def _prepare_out_dir(out_dir: str, generator: str = _GENERATOR) -> None:
     """Check that ``out_dir`` can be (re)written without destroying foreign data."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and _read_meta(out_dir) is None:
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and \
+            _read_meta(out_dir, generator) is None:
         raise ValueError(
             f"out_dir {out_dir!r} is a non-empty directory that was not made by "
-            f"{_GENERATOR} (no valid meta.json); choose an empty or new directory")
+            f"{generator} (no valid meta.json); choose an empty or new directory")
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, ".write_probe")
