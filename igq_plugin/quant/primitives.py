@@ -208,3 +208,45 @@ def fake_quantize_bounds(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tens
     """:func:`fake_quantize` with the quantizer given by its bounds ``[lower, upper]``."""
     scale, zero_point = qparams_from_bounds(lower, upper, bits)
     return fake_quantize(x, scale, zero_point, bits)
+
+
+def log_sqrt2_codes(x: torch.Tensor, delta: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """Codes of the log2 quantizer with sqrt(2) resolution (RepQ-ViT's softmax
+    quantizer, docs/method.md, section 8): ``q = round(-2 log2(x / delta))``.
+
+    Args:
+        x: non-negative values (softmax probabilities), any shape.
+        delta: the largest representable value (a scalar or broadcastable tensor).
+        bits: code width; codes live in ``0 .. 2^bits - 1``.
+
+    Returns:
+        ``int64`` codes of the shape of ``x``; ``-1`` marks values that dequantize to 0
+        (``x == 0``, or a code past the top, ``q > 2^bits - 1``). Values above ``delta``
+        clamp to code 0.
+
+    Example:
+        >>> log_sqrt2_codes(torch.tensor([1.0, 0.5, 0.25, 0.0]), 1.0, 4)
+        tensor([ 0,  2,  4, -1])
+    """
+    check_bits(bits)
+    delta = torch.as_tensor(delta, dtype=x.dtype, device=x.device)
+    positive = x > 0
+    ratio = torch.where(positive, x / delta, torch.ones_like(x))
+    codes = torch.round(-2.0 * torch.log2(ratio)).clamp(min=0).to(torch.int64)
+    return torch.where(positive & (codes <= qmax(bits)), codes, torch.full_like(codes, -1))
+
+
+def log_sqrt2_fake_quantize(x: torch.Tensor, delta: torch.Tensor | float,
+                            bits: int) -> torch.Tensor:
+    """Quantize and dequantize with the log2-sqrt(2) quantizer:
+    ``x_hat = delta * 2^(-q / 2)`` for the codes of :func:`log_sqrt2_codes`, 0 where
+    the code is ``-1``.
+
+    Example:
+        >>> log_sqrt2_fake_quantize(torch.tensor([0.7, 2.0, 0.0]), 1.0, 4)
+        tensor([0.7071, 1.0000, 0.0000])
+    """
+    codes = log_sqrt2_codes(x, delta, bits)
+    delta = torch.as_tensor(delta, dtype=x.dtype, device=x.device)
+    values = delta * torch.pow(2.0, -codes.clamp(min=0).to(x.dtype) / 2)
+    return torch.where(codes >= 0, values, torch.zeros_like(values))

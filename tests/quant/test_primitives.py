@@ -67,3 +67,35 @@ def test_bad_bits_raise_naming_value(bits):
         check_bits(bits)
     with pytest.raises(ValueError):
         fake_quantize_bounds(torch.zeros(2), torch.tensor(0.), torch.tensor(1.), bits)
+
+
+class TestLogSqrt2Quantizer:
+    """RepQ-ViT's softmax quantizer: q = clamp(round(-2 log2(x / d)), 0, 2^b - 1),
+    x_hat = d 2^(-q/2); x = 0 and codes past the top dequantize to 0."""
+
+    def test_codes_and_values_follow_the_formulas(self):
+        from igq_plugin.quant.primitives import log_sqrt2_codes, log_sqrt2_fake_quantize
+        delta, bits = 0.8, 4
+        x = torch.rand(2000, dtype=torch.float64) * 0.8 + 1e-3
+        expected = torch.round(-2 * torch.log2(x / delta)).clamp(0, 2 ** bits - 1)
+        codes = log_sqrt2_codes(x, delta, bits)
+        inside = (-2 * torch.log2(x / delta)).round() <= 2 ** bits - 1
+        assert torch.equal(codes[inside], expected[inside].long())
+        assert (codes[~inside] == -1).all()
+        values = log_sqrt2_fake_quantize(x, delta, bits)
+        assert torch.allclose(values[inside], delta * 2 ** (-expected[inside] / 2))
+        assert (values[~inside] == 0).all()
+
+    def test_zero_clamping_and_idempotence(self):
+        from igq_plugin.quant.primitives import log_sqrt2_codes, log_sqrt2_fake_quantize
+        x = torch.tensor([0.0, 5.0, 1.0, 2 ** -8.0, 2 ** -7.4])
+        assert log_sqrt2_codes(x, 1.0, 4).tolist() == [-1, 0, 0, -1, 15]
+        values = log_sqrt2_fake_quantize(x, 1.0, 4)
+        assert values[0] == 0 and values[1] == 1.0 and values[3] == 0  # zero, clamp, past top
+        assert torch.equal(log_sqrt2_fake_quantize(values, 1.0, 4), values)
+
+    def test_relative_error_within_half_a_sqrt2_step(self):
+        from igq_plugin.quant.primitives import log_sqrt2_fake_quantize
+        x = torch.logspace(-3, 0, 500, base=2.0, dtype=torch.float64)  # codes 0..6
+        error = (log_sqrt2_fake_quantize(x, 1.0, 4) / x).log2().abs()
+        assert error.max() <= 0.25 + 1e-12  # half of the 1/2-octave step, in log2
