@@ -35,6 +35,7 @@ class DemoSettings:
     bits: tuple[int, ...] = (4, 6)
     g_avg: int = 8
     calib_images: int = 1
+    fidelity_images: int = 16  # val images after the calibration images
     variation_images: int = 8
     extra: dict = field(default_factory=dict)
 
@@ -64,6 +65,8 @@ class DemoSettings:
         check_runs(self.methods, self.bits, self.g_avg)
         if self.calib_images < 1:
             raise ValueError(f'calib_images={self.calib_images}: need at least 1')
+        if self.fidelity_images < 1:
+            raise ValueError(f'fidelity_images={self.fidelity_images}: need at least 1')
         if not osp.isfile(self.checkpoint_path):
             raise FileNotFoundError(f'demo checkpoint {self.checkpoint_path!r} does not exist; '
                                     f'train it with `make demo-models` or pass --checkpoint')
@@ -88,7 +91,10 @@ def prepare_data(settings: DemoSettings) -> str:
 def _record(task: DemoTask, method, w_bits, a_bits, g_avg, result, gbops) -> dict:
     metrics = {column: round(float(result.metrics[key]), 4)
                for column, key in task.metrics.items()}
+    fidelity = result.fidelity
     return dict(method=method, w_bits=w_bits, a_bits=a_bits, g_avg=g_avg, **metrics,
+                kl=None if fidelity is None else float(f'{fidelity.kl:.4g}'),
+                feat_err=None if fidelity is None else float(f'{fidelity.feature_error:.4g}'),
                 gbops=round(gbops, 4), calib_seconds=round(result.calib_seconds, 2),
                 eval_seconds=round(result.eval_seconds, 2))
 
@@ -106,6 +112,10 @@ def run_demo(settings: DemoSettings) -> list[dict]:
     settings.validate()
     task = settings.spec
     data = prepare_data(settings)
+    needed = settings.calib_images + settings.fidelity_images
+    if task.count_val(data) < needed:
+        raise ValueError(f'{data} has {task.count_val(data)} val images; calib_images + '
+                         f'fidelity_images = {needed} are needed')
     model = task.models[settings.model_name]
     checkpoint = settings.checkpoint_path
     out = output_dir(settings)
@@ -120,22 +130,22 @@ def run_demo(settings: DemoSettings) -> list[dict]:
                      'model.backbone.quant.groups': settings.g_avg,
                      'custom_hooks.0.num_images': settings.calib_images}
             cfg = load_config(model.quant_config, dict(options, **quant))
-            result = run_test(cfg, checkpoint, osp.join(out, 'runs', f'{method}_w{bits}a{bits}'))
+            result = run_test(cfg, checkpoint, osp.join(out, 'runs', f'{method}_w{bits}a{bits}'),
+                              fidelity_images=(settings.calib_images, settings.fidelity_images))
             macs = macs or result.report.macs
             if allocation_of(result.report):
                 allocations[bits] = allocation_of(result.report)
-            g_avg = {'per-tensor': 1, 'upper-bound': None}.get(method, settings.g_avg)
+            g_avg = {'per-tensor': 1, 'repq': 1, 'upper-bound': None}.get(method, settings.g_avg)
             records.append(_record(task, method, bits, bits, g_avg, result, result.report.gbops))
-            print_log(format_table([records[-1]], task.columns), logger='current')
+            print(_one_line(records[-1], task), flush=True)
     float_result = run_test(load_config(model.float_config, options), checkpoint,
                             osp.join(out, 'runs', 'float'))
     records.insert(0, _record(task, 'float', 32, 32, None, float_result, macs * 32 * 32 / 1e9))
     _write_outputs(records, out, settings, data)
-    allocation = allocations.get(min(settings.bits))
-    if allocation:
-        plot_groups_per_layer(allocation, osp.join(out, 'groups_per_layer.png'),
-                              f'Chosen G per layer, W{min(settings.bits)}/A{min(settings.bits)}, '
-                              f'G_avg = {settings.g_avg}')
+    if allocations:
+        plot_groups_per_layer({f'W{b}/A{b}': allocation for b, allocation in allocations.items()},
+                              osp.join(out, 'groups_per_layer.png'), settings.g_avg,
+                              f'Chosen G per layer (igq), G_avg = {settings.g_avg}')
     ranges = channel_range_statistics(
         load_config(model.quant_config, dict(options, **{'model.backbone.quant.method': 'igq'})),
         checkpoint, osp.join(out, 'runs', 'variation'), settings.variation_images)
@@ -152,9 +162,13 @@ def _write_outputs(records: list[dict], out: str, settings: DemoSettings, data: 
         json.dump(records, f, indent=2)
     header = (f'# IGQ demo: {settings.model_name}, synthetic {task.name} val '
               f'({task.count_val(data)} images), {settings.calib_images} calibration '
-              f'image(s), G_avg = {settings.g_avg}\n\n')
+              f'image(s), G_avg = {settings.g_avg}\n\n'
+              f'kl: mean KL(p_float || p_quantized) per {_KL_ITEMS[task.name]}, '
+              f'feat_err: relative squared error of the neck outputs; both on val images '
+              f'{settings.calib_images}..{settings.calib_images + settings.fidelity_images - 1} '
+              f'(not the calibration images).\n\n')
     with open(osp.join(out, 'results.md'), 'w') as f:
-        f.write(header + _markdown(records, task.columns))
+        f.write(header + _markdown(records, task.columns, list(task.metrics)))
     plot_metrics_by_method(records, list(task.metrics), task.metric_range,
                            osp.join(out, 'ap_by_method.png' if task.name == 'det'
                                     else 'miou_by_method.png'),
@@ -163,8 +177,29 @@ def _write_outputs(records: list[dict], out: str, settings: DemoSettings, data: 
     print(format_table(records, task.columns), flush=True)  # the demo's terminal output
 
 
-def _markdown(records: list[dict], columns: list[str]) -> str:
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join('-' if r[c] is None else str(r[c]) for c in columns) + ' |'
-              for r in records]
+_KL_ITEMS = {'det': 'RoI of the float proposals', 'seg': 'pixel of the decode-head logits'}
+
+
+def _one_line(record: dict, task: DemoTask) -> str:
+    """The terminal line of one finished run."""
+    metrics = ' '.join(f'{m} {record[m]}' for m in task.metrics)
+    return (f"{record['method']} W{record['w_bits']}/A{record['a_bits']}: {metrics}, "
+            f"kl {record['kl']}, feat_err {record['feat_err']}, {record['gbops']} GBOPs "
+            f"(calibration {record['calib_seconds']} s, evaluation {record['eval_seconds']} s)")
+
+
+def _markdown(records: list[dict], columns: list[str], metrics: list[str]) -> str:
+    """The results table, with each metric's change from the float row after it."""
+    reference = next((r for r in records if r['method'] == 'float'), None)
+    shown = [c for column in columns
+             for c in ([column, f'd_{column}'] if column in metrics and reference else [column])]
+    lines = ['| ' + ' | '.join(shown) + ' |', '|' + '---|' * len(shown)]
+    for r in records:
+        cells = []
+        for c in shown:
+            if c.startswith('d_') and c[2:] in metrics:
+                cells.append('-' if r is reference else f'{r[c[2:]] - reference[c[2:]]:+.4f}')
+            else:
+                cells.append('-' if r[c] is None else str(r[c]))
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'

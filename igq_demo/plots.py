@@ -9,9 +9,19 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def value_limits(values: Sequence[float], value_range: tuple[float, float],
+                 margin: float = 0.15) -> tuple[float, float]:
+    """Axis limits that frame ``values`` (a margin of their span on each side), within
+    ``value_range``; a flat set of values gets a small window around it."""
+    low, high = min(values), max(values)
+    span = high - low or max(abs(high) * 0.05, (value_range[1] - value_range[0]) * 0.01)
+    return (max(value_range[0], low - margin * span), min(value_range[1], high + margin * span))
+
+
 def plot_metrics_by_method(records: Sequence[Mapping], metrics: Sequence[str],
                            value_range: tuple[float, float], path: str, title: str) -> str:
-    """Grouped bars of each metric per method, one bar per bit-width.
+    """Grouped bars of each metric per method, one bar per bit-width, labelled with
+    their values; the value axis frames the values (not the metric's whole range).
 
     Args:
         records: result records with ``method``, ``w_bits``, ``a_bits`` and the
@@ -24,22 +34,32 @@ def plot_metrics_by_method(records: Sequence[Mapping], metrics: Sequence[str],
     methods = list(dict.fromkeys(r['method'] for r in records))
     settings = sorted({(r['w_bits'], r['a_bits']) for r in records if r['method'] != 'float'})
     float_record = next((r for r in records if r['method'] == 'float'), None)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
-    width = 0.8 / max(1, len(settings))
     quant_methods = [m for m in methods if m != 'float']
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6.0, 1.3 * len(quant_methods) + 2)
+                                                       * len(metrics), 4.6), squeeze=False)
+    width = 0.8 / max(1, len(settings))
     for ax, metric in zip(axes[0], metrics):
+        shown = []
         for k, (w_bits, a_bits) in enumerate(settings):
             values = [next((r[metric] for r in records if r['method'] == m
-                            and (r['w_bits'], r['a_bits']) == (w_bits, a_bits)), 0.0)
+                            and (r['w_bits'], r['a_bits']) == (w_bits, a_bits)), None)
                       for m in quant_methods]
             xs = [i + (k - (len(settings) - 1) / 2) * width for i in range(len(quant_methods))]
-            ax.bar(xs, values, width, label=f'W{w_bits}/A{a_bits}')
+            present = [(x, v) for x, v in zip(xs, values) if v is not None]
+            bars = ax.bar([x for x, _ in present], [v for _, v in present], width,
+                          label=f'W{w_bits}/A{a_bits}')
+            ax.bar_label(bars, fmt='%.3g', fontsize=7, padding=1)
+            shown += [v for _, v in present]
         if float_record is not None:
-            ax.axhline(float_record[metric], color='k', linestyle='--', label='float')
-        ax.set_xticks(range(len(quant_methods)), quant_methods, rotation=20)
+            ax.axhline(float_record[metric], color='k', linestyle='--',
+                       label=f'float {float_record[metric]:.3g}')
+            shown.append(float_record[metric])
+        ax.set_xticks(range(len(quant_methods)), quant_methods, rotation=20, ha='right')
         ax.set_ylabel(metric)
-        ax.set_ylim(*value_range)
-        ax.legend(fontsize=8)
+        if shown:
+            ax.set_ylim(*value_limits(shown, value_range))
+        ax.legend(fontsize=8, loc='best', framealpha=0.85)
+        ax.grid(axis='y', alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -47,14 +67,23 @@ def plot_metrics_by_method(records: Sequence[Mapping], metrics: Sequence[str],
     return path
 
 
-def plot_groups_per_layer(groups: Mapping[str, int], path: str, title: str = '') -> str:
-    """Bar chart of the group count the allocation chose for every layer."""
-    names = list(groups)
-    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.16), 4.2))
-    ax.bar(range(len(names)), [groups[n] for n in names], color='tab:blue')
+def plot_groups_per_layer(allocations: Mapping[str, Mapping[str, int]], path: str,
+                          g_avg: int | None = None, title: str = '') -> str:
+    """The group count the allocation chose for every layer, one bar series per
+    setting (e.g. ``{'W4/A4': {...}, 'W6/A6': {...}}``), with the ``G_avg`` line."""
+    names = list(dict.fromkeys(n for groups in allocations.values() for n in groups))
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.2), 4.6))
+    width = 0.8 / max(1, len(allocations))
+    for k, (label, groups) in enumerate(allocations.items()):
+        xs = [i + (k - (len(allocations) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [groups.get(n, 0) for n in names], width, label=label)
+    if g_avg is not None:
+        ax.axhline(g_avg, color='k', linestyle='--', linewidth=1, label=f'G_avg = {g_avg}')
     ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=6)
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel('chosen G')
     ax.set_title(title or 'Group-size allocation per layer')
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -53,8 +53,8 @@ class DemoTask:
 
     @property
     def columns(self) -> list[str]:
-        return ['method', 'w_bits', 'a_bits', 'g_avg', *self.metrics, 'gbops', 'calib_seconds',
-                'eval_seconds']
+        return ['method', 'w_bits', 'a_bits', 'g_avg', *self.metrics, 'kl', 'feat_err', 'gbops',
+                'calib_seconds', 'eval_seconds']
 
 
 def _coco_options(root: str) -> dict:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn import (QuantState, activation_quantizers, finalize_calibration, float_run,
-                 igq_quantizers, require_record, set_quant_state)
+                 igq_quantizers, require_record, restore_folds, set_quant_state)
 from .quant import QuantMode, quant_mode, set_mode
 from .report import layer_rows
 from .search import SensitivityPredictor, allocate_groups, sensitivity_tables, total_bops
@@ -126,6 +126,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
 
 def _calibrate(model, config, batches, forward, predictor, progress) -> CalibrationReport:
     set_quant_state(model, QuantState.CALIBRATING)
+    restore_folds(model)  # a new calibration observes the float weights
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
         for batch in batches:
             forward(model, batch)

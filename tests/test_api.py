@@ -62,7 +62,10 @@ def test_calibrate_every_method(method):
     with torch.no_grad():
         quantized = model(images)
         with float_run(model):
-            assert torch.equal(model(images), reference(images))
+            if method == 'repq':  # its fold rescales float weights: equal to float rounding
+                torch.testing.assert_close(model(images), reference(images))
+            else:
+                assert torch.equal(model(images), reference(images))
     assert not torch.equal(quantized, reference(images))
     assert (report.allocation is not None) == (method == 'igq')
 

@@ -35,6 +35,9 @@ def parse_args(argv=None) -> list[DemoSettings]:
     parser.add_argument('--bits', nargs='+', type=int, default=[4, 6], help='W/A bit-widths')
     parser.add_argument('--g-avg', type=int, default=8, help='G (fixed) or G_avg (igq)')
     parser.add_argument('--calib-images', type=int, default=1, help='calibration images')
+    parser.add_argument('--fidelity-images', type=int, default=16,
+                        help='val images (after the calibration images) of the kl / feat_err '
+                             'columns')
     args = parser.parse_args(argv)
     if args.model is None:
         names = list(TASKS[args.task].models)[:1] if args.task == 'det' else list(
@@ -45,7 +48,8 @@ def parse_args(argv=None) -> list[DemoSettings]:
         parser.error('--checkpoint needs --model (one model)')
     return [DemoSettings(task=args.task, model=name, checkpoint=args.checkpoint, data=args.data,
                          out=args.out, methods=tuple(args.methods), bits=tuple(args.bits),
-                         g_avg=args.g_avg, calib_images=args.calib_images) for name in names]
+                         g_avg=args.g_avg, calib_images=args.calib_images,
+                         fidelity_images=args.fidelity_images) for name in names]
 
 
 def main(argv=None) -> int:

@@ -4,8 +4,10 @@
 Calibrates each method on the first --calib-images images of a split (default: the
 demo's train split, so that the val split used for mAP is never looked at) and
 measures, on the next --eval-images images, the relative error of every quantizer's
-output and of the neck (FPN) outputs against the float model. Prints one row per
-method: the neck error and the mean error per layer kind.
+output and of the neck (FPN) outputs against the float model, and the mean per-RoI KL
+of the class distributions on the float model's proposals (the demo's fidelity
+figure). Prints one row per method: the neck error, the KL and the mean error per
+layer kind.
 
     python tools/quant_errors.py --bits 4 --methods per-tensor static-group igq-fixed
 """
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
                                          args.calib_images, args.eval_images)
             rows.append(dict(method=method, bounds=bounds, **errors))
             kinds = ' '.join(f'{k}={v:.4f}' for k, v in errors['kinds'].items())
-            print(f'{method:13s} {bounds:9s} neck {errors["neck"]:.4f} | {kinds}', flush=True)
+            print(f'{method:13s} {bounds:9s} neck {errors["neck"]:.4f} kl {errors["kl"]:.4g} | '
+                  f'{kinds}', flush=True)
     with open(osp.join(args.out, 'quant_errors.json'), 'w') as f:
         json.dump(rows, f, indent=1)
     return 0

@@ -54,8 +54,10 @@ class AttentionAdapter:
         if not isinstance(getattr(module, 'softmax', None), nn.Softmax):
             module.softmax = nn.Softmax(dim=-1)
 
-    def add_quantizers(self, module: nn.Module, config, bits: int | None, name: str) -> None:
-        """Add quantizers the generic conversion cannot (see ``adds_quantizers``)."""
+    def add_quantizers(self, module: nn.Module, config, bits: int | None, name: str,
+                       post_norm: bool = False) -> None:
+        """Add quantizers the generic conversion cannot (see ``adds_quantizers``);
+        ``post_norm``: the module's input is a LayerNorm's output."""
         raise NotImplementedError
 
 

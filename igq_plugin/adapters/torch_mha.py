@@ -83,7 +83,8 @@ class MultiheadAttentionAdapter(AttentionAdapter):
     def matches(self, module: nn.Module) -> bool:
         return type(module) is nn.MultiheadAttention
 
-    def add_quantizers(self, module: nn.Module, config, bits: int | None, name: str) -> None:
+    def add_quantizers(self, module: nn.Module, config, bits: int | None, name: str,
+                       post_norm: bool = False) -> None:
         """Quantizers of the fused input projection; ``out_proj`` and ``softmax`` are
         converted generically.
 
@@ -92,11 +93,13 @@ class MultiheadAttentionAdapter(AttentionAdapter):
             config: the :class:`~igq_plugin.nn.QuantConfig`.
             bits: bit-width override (first layers), else the config's.
             name: the module's name, for the quantizers' names.
+            post_norm: the input is a LayerNorm's output (``method='repq'`` folds it
+                into ``in_proj_weight`` / ``in_proj_bias``).
         """
         channels = module.embed_dim
         a_bits, w_bits = bits or config.a_bits, bits or config.w_bits
         module.in_proj_input_quantizer = config.activation_quantizer(
-            a_bits, channels, name=f'{name}.in_proj_input_quantizer')
+            a_bits, channels, name=f'{name}.in_proj_input_quantizer', post_norm=post_norm)
         module.in_proj_weight_quantizer = WeightQuantizer(w_bits, 3 * channels,
                                                           config.weight_percentiles)
         module.qkv_quantizer = QKVQuantizer(

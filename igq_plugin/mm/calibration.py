@@ -20,23 +20,24 @@ from ..report import format_table
 from .predictors import build_predictor, check_search_rois
 
 
-def take_calibration_batches(dataloader, num_images: int, model: nn.Module) -> list[dict]:
-    """The first ``num_images`` samples of the dataloader's dataset, preprocessed,
-    one image per batch. Independent of the sampler, so every world size calibrates
-    on the same images.
+def take_calibration_batches(dataloader, num_images: int, model: nn.Module,
+                             start: int = 0) -> list[dict]:
+    """Samples ``start .. start + num_images - 1`` of the dataloader's dataset (the first
+    ``num_images`` by default), preprocessed, one image per batch. Independent of the
+    sampler, so every world size calibrates on the same images.
 
     Raises:
-        ValueError: ``num_images`` < 1 or larger than the dataset.
+        ValueError: ``num_images`` < 1 or more images than the dataset has from ``start``.
     """
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f'num_images={num_images!r}: calibration needs at least 1 image')
     dataset = dataloader.dataset
-    if len(dataset) < num_images:
-        raise ValueError(f'num_images={num_images} but the calibration dataset has only '
-                         f'{len(dataset)} images')
+    if len(dataset) < start + num_images:
+        raise ValueError(f'num_images={num_images} from image {start} but the dataset has '
+                         f'only {len(dataset)} images')
     with torch.no_grad():
         return [model.data_preprocessor(dataloader.collate_fn([dataset[i]]), False)
-                for i in range(num_images)]
+                for i in range(start, start + num_images)]
 
 
 def predict_forward(model: nn.Module, batch: dict):

@@ -17,17 +17,19 @@ from ..nn import QuantState, activation_quantizers, float_run, igq_quantizers, s
 from ..quant import QuantMode, quant_mode
 from .calibration import calibrate_mm_model, take_calibration_batches
 from .convert import fit_float_checkpoint, quantize_mm_model
+from .fidelity import Fidelity, output_fidelity
 from .hook import IGQCalibrationHook
 
 
 @dataclass
 class EvaluationResult:
-    """Metrics and timings of one test run."""
+    """Metrics and timings of one test run (``fidelity``: see :mod:`.fidelity`)."""
 
     metrics: dict[str, float]
     report: CalibrationReport | None
     calib_seconds: float
     eval_seconds: float
+    fidelity: Fidelity | None = None
 
 
 def load_config(path: str, options: dict[str, Any] | None = None, **overrides: Any) -> Config:
@@ -40,12 +42,17 @@ def load_config(path: str, options: dict[str, Any] | None = None, **overrides: A
     return cfg
 
 
-def run_test(cfg: Config, checkpoint: str, work_dir: str) -> EvaluationResult:
+def run_test(cfg: Config, checkpoint: str, work_dir: str,
+             fidelity_images: tuple[int, int] | None = None) -> EvaluationResult:
     """``tools/test.py`` in-process: build the runner, load weights, test.
 
+    Args:
+        fidelity_images: ``(start, count)``: after a quantized test, measure
+            :func:`~.fidelity.output_fidelity` on these images of the test split.
+
     Returns:
-        Metrics, the calibration report (when the IGQ hook ran) and timings; the
-        evaluation time excludes calibration.
+        Metrics, the calibration report (when the IGQ hook ran), timings (the
+        evaluation time excludes calibration and fidelity) and the fidelity.
     """
     cfg = cfg.copy()
     cfg.work_dir = work_dir
@@ -58,7 +65,13 @@ def run_test(cfg: Config, checkpoint: str, work_dir: str) -> EvaluationResult:
     hook = next((h for h in runner.hooks if isinstance(h, IGQCalibrationHook)), None)
     report = hook.report if hook is not None else None
     calib = report.seconds if report is not None else 0.0
-    return EvaluationResult(dict(metrics), report, calib, total - calib)
+    fidelity = None
+    if fidelity_images is not None and hook is not None:
+        start, count = fidelity_images
+        model = runner.model
+        batches = take_calibration_batches(runner.test_dataloader, count, model, start)
+        fidelity = output_fidelity(model, batches)
+    return EvaluationResult(dict(metrics), report, calib, total - calib, fidelity)
 
 
 def _prepared_runner(cfg: Config, checkpoint: str, work_dir: str) -> Runner:
@@ -145,12 +158,13 @@ def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_image
     Calibrates on the first ``calib_images`` images of the config's test dataloader
     and measures on the next ``eval_images``: for every activation quantizer the
     relative error ``||q(x) - x||^2 / ||x||^2`` of its own input (in the quantized
-    model), averaged per layer kind, and the relative error of the neck outputs
-    against the float model. Point the test dataloader at a split that is not
+    model), averaged per layer kind, the relative error of the neck outputs
+    against the float model and the mean KL of the class distributions
+    (:func:`~.fidelity.output_fidelity`). Point the test dataloader at a split that is not
     evaluated (e.g. train) to compare quantizer designs without touching val.
 
     Returns:
-        ``dict(neck=float, kinds={kind: float}, layers={name: float})``.
+        ``dict(neck=float, kl=float, kinds={kind: float}, layers={name: float})``.
     """
     runner = _prepared_runner(cfg, checkpoint, work_dir)
     model = runner.model
@@ -183,6 +197,7 @@ def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_image
     kinds: dict[str, list[float]] = {}
     for name, value in layers.items():
         kinds.setdefault(_layer_kind(name), []).append(value)
-    return dict(neck=neck[0] / max(neck[1], 1e-30),
+    fidelity = output_fidelity(model, batches[calib_images:])
+    return dict(neck=neck[0] / max(neck[1], 1e-30), kl=fidelity.kl,
                 kinds={kind: sum(v) / len(v) for kind, v in sorted(kinds.items())},
                 layers=layers)

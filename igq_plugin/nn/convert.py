@@ -10,7 +10,7 @@ drive calibration and the group-size allocation through the module tree.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -18,12 +18,14 @@ from torch import nn
 
 from ..adapters import ADAPTERS, AttentionAdapter, adapt_attention
 from ..grouping import check_assignment, check_distance
-from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS, ActivationQuantizer,
+from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS, REPQ_PERCENTILES,
+                     ActivationQuantizer,
                      FixedRangeQuantizer, IGQQuantizer, build_activation_quantizer, check_bits,
                      check_method)
 from .layers import QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax, WeightQuantizedLayer
 from .lifecycle import (RECORD_ATTRIBUTE, ForwardGuard, QuantizationRecord,
                         quantization_record)
+from .reparam import apply_folds, post_norm_linears
 
 logger = logging.getLogger('igq_plugin')
 
@@ -33,8 +35,10 @@ class QuantConfig:
     """What to quantize and how.
 
     Attributes:
-        method: activation quantizer: ``per-tensor``, ``static-group``, ``igq-fixed``,
-            ``igq`` (with allocation) or ``upper-bound``.
+        method: activation quantizer: ``per-tensor``, ``repq`` (RepQ-ViT, the peer:
+            per-tensor with percentile ranges, post-LayerNorm scales folded into the
+            weights, log2 softmax), ``static-group``, ``igq-fixed``, ``igq`` (with
+            allocation) or ``upper-bound``.
         w_bits: weight bit-width (per output channel).
         a_bits: activation bit-width.
         groups: G for ``static-group`` / ``igq-fixed``, and ``G_avg`` of the allocation
@@ -48,7 +52,9 @@ class QuantConfig:
             ``'nearest'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
         attention: also quantize Q/K/V operands and the softmax attention.
         first_layer_bits: bits of the first layer's weights and input [choice: 8].
-        weight_percentiles: clipping percentiles searched per weight channel.
+        weight_percentiles: clipping percentiles searched per weight channel;
+            ``None``: the method's own (RepQ-ViT's for ``repq``, else
+            :data:`~igq_plugin.quant.DEFAULT_PERCENTILES`).
     """
 
     method: str = 'igq'
@@ -61,7 +67,7 @@ class QuantConfig:
     assignment: str = 'cover'
     attention: bool = True
     first_layer_bits: int = 8
-    weight_percentiles: Sequence[float] = field(default=DEFAULT_PERCENTILES)
+    weight_percentiles: Sequence[float] | None = None
 
     def __post_init__(self):
         check_method(self.method)
@@ -82,15 +88,20 @@ class QuantConfig:
             raise ValueError(f'groups={self.groups} is not one of candidates={candidates}: '
                              f'add it to candidates or choose one of them')
         object.__setattr__(self, 'candidates', candidates)
+        if self.weight_percentiles is None:
+            object.__setattr__(self, 'weight_percentiles', REPQ_PERCENTILES
+                               if self.method == 'repq' else DEFAULT_PERCENTILES)
         object.__setattr__(self, 'weight_percentiles', tuple(self.weight_percentiles))
 
     def activation_quantizer(self, bits: int, channels: int | None, kind: str = 'channel',
-                             channel_dim: int = -1, name: str = '') -> ActivationQuantizer:
-        """Build this config's activation quantizer for one layer named ``name``."""
+                             channel_dim: int = -1, name: str = '',
+                             post_norm: bool = False) -> ActivationQuantizer:
+        """Build this config's activation quantizer for one layer named ``name``
+        (``post_norm``: the input of a Linear that follows a LayerNorm)."""
         groups = self.groups if channels is None else min(self.groups, channels)
         return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
                                           groups, self.candidates, self.distance, self.bounds,
-                                          self.assignment, name=name)
+                                          self.assignment, name=name, post_norm=post_norm)
 
     def as_dict(self) -> dict:
         """The settings as plain values (for state files and logs)."""
@@ -153,7 +164,8 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
 
 def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterable[str] = (),
                      exclude: Iterable[str] = (), include: Iterable[str] = ('',),
-                     adapters: Iterable[AttentionAdapter] = ADAPTERS) -> list[str]:
+                     adapters: Iterable[AttentionAdapter] = ADAPTERS,
+                     post_norm: Iterable[str] = ()) -> list[str]:
     """Swap the float layers of ``model`` for quantized wrappers, in place.
 
     Attention modules matched by ``adapters`` are first made explicit. Use
@@ -167,25 +179,29 @@ def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterab
         exclude: names of modules (and their subtrees) to leave in float.
         include: name prefixes of the parts to convert (``''``: all of ``model``).
         adapters: architecture adapters to apply.
+        post_norm: names of Linears whose input is a LayerNorm's output
+            (:func:`~igq_plugin.nn.reparam.post_norm_linears`).
 
     Returns:
         Names of the converted layers.
     """
     first_layers, exclude, include = set(first_layers), tuple(exclude), tuple(include)
+    post_norm = set(post_norm)
     adapters = tuple(adapters)
     selected = lambda name: _under(name, include) and not _under(name, exclude)  # noqa: E731
     converted = []
     for name, adapter in adapt_attention(model, adapters, include=selected).items():
         if adapter.adds_quantizers:  # parameters that are not Linear layers (fused in_proj)
             bits = config.first_layer_bits if name in first_layers else None
-            adapter.add_quantizers(model.get_submodule(name), config, bits, name)
+            adapter.add_quantizers(model.get_submodule(name), config, bits, name,
+                                   post_norm=name in post_norm)
             converted.append(name)
     for name, module in list(model.named_modules()):
         if not name or not selected(name) or _has_quantized_ancestor(model, name):
             continue
         parent, attr = _parent_and_attr(model, name)
         bits = config.first_layer_bits if name in first_layers else None
-        new = _convert_one(name, module, parent, config, bits)
+        new = _convert_one(name, module, parent, config, bits, name in post_norm)
         if new is not None:
             setattr(parent, attr, new)
             converted.append(name)
@@ -199,7 +215,7 @@ def _has_quantized_ancestor(model: nn.Module, name: str) -> bool:
 
 
 def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantConfig,
-                 bits: int | None) -> nn.Module | None:
+                 bits: int | None, post_norm: bool = False) -> nn.Module | None:
     w_bits = bits or config.w_bits
     a_bits = bits or config.a_bits
     if type(module) in FLOAT_LINEAR_TYPES:
@@ -213,7 +229,8 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
         new = QuantLinear.from_float(
             module, w_bits=w_bits, output_quantizer=output_quantizer,
             input_quantizer=config.activation_quantizer(a_bits, module.in_features,
-                                                        name=f'{name}.input_quantizer'),
+                                                        name=f'{name}.input_quantizer',
+                                                        post_norm=post_norm),
             weight_percentiles=config.weight_percentiles)
     elif type(module) in FLOAT_CONV_TYPES:
         new = QuantConv2d.from_float(
@@ -297,14 +314,21 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[s
         first = _first_layer(model, include)
         first_layers = () if first is None else (first,)
     first_layers = tuple(first_layers)
-    converted = quantize_modules(model, config, first_layers, exclude, include, adapters)
+    folds = {}
+    if config.method == 'repq':  # the post-LayerNorm inputs RepQ-ViT folds
+        folds = {linear: norm for linear, norm in post_norm_linears(model).items()
+                 if _under(linear, include) and not _under(linear, exclude)
+                 and linear not in first_layers}
+    converted = quantize_modules(model, config, first_layers, exclude, include, adapters,
+                                 post_norm=folds)
     if not converted:
         raise ValueError(f'nothing to quantize in {type(model).__name__} (parts {include}): '
                          f'no Linear, Conv2d or Softmax found')
     if input_range is not None:
         _fix_input_range(model, first_layers, config, input_range)
     _warn_float_attention(model, config)
-    record = QuantizationRecord(config=config, layers=converted, first_layers=first_layers)
+    record = QuantizationRecord(config=config, layers=converted, first_layers=first_layers,
+                                folds={k: v for k, v in folds.items() if k in converted})
     setattr(model, RECORD_ATTRIBUTE, record)
     for name in instance_roots:
         modules[name].register_forward_pre_hook(ForwardGuard(record, model))
@@ -355,17 +379,19 @@ def set_num_instances(model: nn.Module, num_instances: int | None) -> None:
 
 
 def finalize_calibration(model: nn.Module) -> None:
-    """Fit weight quantizers and turn activation statistics into parameters.
+    """Turn activation statistics into parameters, fold RepQ-ViT's post-LayerNorm
+    scales into the weights (``method='repq'``), then fit the weight quantizers.
 
     Raises:
         ValueError: when an activation quantizer observed no batch.
     """
-    for module in model.modules():
-        if isinstance(module, WeightQuantizedLayer):
-            module.finalize_calibration()
     for quantizer in activation_quantizers(model).values():
         quantizer.finalize()
         quantizer.reset_statistics()
+    apply_folds(model)  # changes weights: before they are fitted
+    for module in model.modules():
+        if isinstance(module, WeightQuantizedLayer):
+            module.finalize_calibration()
 
 
 def reset_statistics(model: nn.Module) -> None:

@@ -53,6 +53,8 @@ class QuantLinear(WeightQuantizedLayer, nn.Linear):
         self.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
         if output_quantizer is not None:
             self.output_quantizer = output_quantizer
+        # RepQ-ViT's fold (``nn.reparam``): the token that stands for a zero-padded one
+        self.register_buffer('fold_padding', None, persistent=False)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **kwargs) -> 'QuantLinear':
@@ -66,6 +68,12 @@ class QuantLinear(WeightQuantizedLayer, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B', ..., in_features]`` -> ``[B', ..., out_features]``."""
+        if self.fold_padding is not None:
+            # A LayerNorm output is never exactly 0 in every channel; a token that is was
+            # padded after the folded LayerNorm (Swin's windows) and stands for 0 in the
+            # unfolded input, i.e. for ``-b`` after the fold.
+            padded = (x == 0).all(dim=-1, keepdim=True)
+            x = torch.where(padded, self.fold_padding.to(x.dtype), x)
         tokens = x.numel() // self.in_features
         _record_cost(self.input_quantizer, tokens * self.in_features * self.out_features,
                      tokens * self.out_features, self.weight_quantizer.bits)

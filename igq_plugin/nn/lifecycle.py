@@ -46,6 +46,10 @@ class QuantizationRecord:
         first_layers: the layers kept at ``config.first_layer_bits``.
         state: the life-cycle state.
         float_runs: depth of nested :func:`float_run` blocks.
+        folds: ``{linear: layernorm}`` names of the post-LayerNorm inputs whose
+            per-channel scales ``method='repq'`` folds into the weights
+            (:mod:`.reparam`).
+        fold_originals: the float parameters an applied fold replaced, by name.
     """
 
     config: object
@@ -53,6 +57,8 @@ class QuantizationRecord:
     first_layers: tuple[str, ...] = ()
     state: QuantState = QuantState.UNCALIBRATED
     float_runs: int = 0
+    folds: dict[str, str] = field(default_factory=dict)
+    fold_originals: dict = field(default_factory=dict)
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..quant import ActivationQuantizer, OpCost
 from ..quant.mode import ModeSwitchMixin
+from .reparam import apply_folds
 
 STATE_FORMAT = 'igq-quant-state-v1'
 
@@ -59,6 +60,9 @@ def import_state(model: nn.Module, state: dict[str, Any]) -> None:
     Raises:
         ValueError: wrong format, or buffer names/shapes that do not match the model
             (nothing is changed in that case).
+
+    A state of ``method='repq'`` also changes the float weights it was folded into
+    (:func:`~igq_plugin.nn.reparam.apply_folds`), from the float weights the model has.
     """
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         found = state.get('format') if isinstance(state, dict) else type(state).__name__
@@ -75,6 +79,7 @@ def import_state(model: nn.Module, state: dict[str, Any]) -> None:
     with torch.no_grad():
         for key, buffer in own.items():
             buffer.copy_(saved[key].to(buffer.device))
+    apply_folds(model)  # RepQ-ViT's folds live in the buffers: refold the float weights
     modules = dict(model.named_modules())
     for name, record in state.get('costs', {}).items():
         quantizer = modules.get(name)

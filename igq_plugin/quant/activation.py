@@ -12,9 +12,7 @@ Two kinds of item are grouped:
 - ``'softmax'``: the rows of a softmax attention map ``[..., N]``; rows are
   non-negative, so every group has ``l_g = 0`` and rows are grouped by their max.
 
-Methods (docs/method.md, section 7): ``per-tensor``, ``static-group``, ``igq-fixed`` /
-``igq`` (the same quantizer; ``igq`` also runs the group-size allocation) and
-``upper-bound``.
+Methods by name: :mod:`.methods` (RepQ-ViT's quantizers are in :mod:`.repq`).
 """
 from __future__ import annotations
 
@@ -100,7 +98,8 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
 
     @classmethod
     def build(cls, method: str, bits: int, *, groups: int, candidates: Sequence[int],
-              distance: str, bounds: str, assignment: str, **common) -> 'ActivationQuantizer':
+              distance: str, bounds: str, assignment: str, post_norm: bool = False,
+              **common) -> 'ActivationQuantizer':
         """Construct from the config's options; each class takes the ones it uses."""
         return cls(bits, **common)
 
@@ -299,7 +298,7 @@ class StaticGroupQuantizer(_MinMaxStatistics):
 
     @classmethod
     def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
-              **common):
+              post_norm=False, **common):
         return cls(bits, groups=groups, **common)
 
     def bop_groups(self, items):
@@ -429,7 +428,7 @@ class IGQQuantizer(ActivationQuantizer):
 
     @classmethod
     def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
-              **common):
+              post_norm=False, **common):
         quantizer = cls(bits, groups=groups, candidates=candidates, distance=distance,
                         bounds=bounds, assignment=assignment, **common)
         quantizer.method = method  # 'igq' (allocated) or 'igq-fixed'
@@ -587,41 +586,3 @@ class FixedRangeQuantizer(ActivationQuantizer):
     def quantize(self, x):
         shape = self._channel_shape()
         return fake_quantize_bounds(x, self.lower.view(shape), self.upper.view(shape), self.bits)
-
-
-ACTIVATION_QUANTIZERS = {
-    'per-tensor': PerTensorQuantizer,
-    'static-group': StaticGroupQuantizer,
-    'igq-fixed': IGQQuantizer,
-    'igq': IGQQuantizer,
-    'upper-bound': UpperBoundQuantizer,
-}
-METHODS = tuple(ACTIVATION_QUANTIZERS)
-
-
-def check_method(method: str) -> str:
-    """Validate an activation-quantization method name."""
-    if method not in ACTIVATION_QUANTIZERS:
-        raise ValueError(f'method={method!r} is not an activation quantizer: allowed are '
-                         f'{METHODS}')
-    return method
-
-
-def build_activation_quantizer(method: str, bits: int, channels: int | None = None,
-                               kind: str = 'channel', channel_dim: int = -1, groups: int = 8,
-                               candidates: Sequence[int] = DEFAULT_CANDIDATES,
-                               distance: str = 'l2', bounds: str = 'envelope',
-                               assignment: str = 'cover', name: str = '') -> ActivationQuantizer:
-    """Build the activation quantizer named ``method``.
-
-    The grouping options are ignored by methods without groups.
-
-    Example:
-        >>> q = build_activation_quantizer('igq', 4, channels=16, groups=4)
-        >>> q.candidates
-        (1, 2, 4, 8, 12, 16)
-    """
-    cls = ACTIVATION_QUANTIZERS[check_method(method)]
-    common = dict(channels=channels, kind=kind, channel_dim=channel_dim, name=name)
-    return cls.build(method, bits, groups=groups, candidates=candidates, distance=distance,
-                     bounds=bounds, assignment=assignment, **common)

@@ -12,26 +12,10 @@ import torch
 from torch import nn
 
 from .mode import ModeSwitchMixin, QuantMode
+from .percentile import check_percentiles, search_clipping
 from .primitives import check_bits, fake_quantize, qparams_from_bounds
 
 DEFAULT_PERCENTILES = (0.0, 0.01, 0.1, 0.5, 1.0)
-
-
-def sorted_percentile(sorted_rows: torch.Tensor, percent: float) -> torch.Tensor:
-    """Linear-interpolated percentile of each row of an ascending-sorted matrix.
-
-    Args:
-        sorted_rows: ``[C, K]`` rows sorted ascending.
-        percent: in ``[0, 100]``.
-
-    Returns:
-        ``[C]`` percentiles.
-    """
-    position = percent / 100.0 * (sorted_rows.shape[1] - 1)
-    low = int(position)
-    high = min(low + 1, sorted_rows.shape[1] - 1)
-    frac = position - low
-    return sorted_rows[:, low] * (1.0 - frac) + sorted_rows[:, high] * frac
 
 
 def search_weight_qparams(weight: torch.Tensor, bits: int,
@@ -48,27 +32,11 @@ def search_weight_qparams(weight: torch.Tensor, bits: int,
         ``(scale, zero_point)``, each ``[C_out]``.
     """
     check_bits(bits, 'w_bits')
-    if not percentiles or any(not 0.0 <= p < 50.0 for p in percentiles):
-        raise ValueError(f'percentiles={tuple(percentiles)!r}: need at least one value, '
-                         f'each in [0, 50)')
+    check_percentiles(percentiles)
     rows = weight.detach().reshape(weight.shape[0], -1).float()
     if not torch.isfinite(rows).all():
         raise ValueError('weight contains NaN or Inf; cannot quantize it')
-    sorted_rows = rows.sort(dim=1).values
-    best_error = best_scale = best_zero = None
-    for percent in percentiles:
-        lower = sorted_percentile(sorted_rows, percent)
-        upper = sorted_percentile(sorted_rows, 100.0 - percent)
-        scale, zero = qparams_from_bounds(lower, upper, bits)
-        error = (fake_quantize(rows, scale[:, None], zero[:, None], bits) - rows).pow(2).mean(1)
-        if best_error is None:
-            best_error, best_scale, best_zero = error, scale, zero
-        else:
-            better = error < best_error
-            best_error = torch.where(better, error, best_error)
-            best_scale = torch.where(better, scale, best_scale)
-            best_zero = torch.where(better, zero, best_zero)
-    return best_scale, best_zero
+    return qparams_from_bounds(*search_clipping(rows, bits, percentiles), bits)
 
 
 class WeightQuantizer(ModeSwitchMixin, nn.Module):

@@ -105,3 +105,21 @@ def test_igq_allocation_on_a_classifier(name):
     with torch.no_grad():
         out = model(images(name, 2, seed=5))
         assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_repq_folds_every_post_norm_linear_and_keeps_timms_float_function(name):
+    reference, model = converted(name, method='repq')
+    folds = model.igq_quantization.folds
+    blocks = [n for n, m in reference.named_modules() if hasattr(m, 'norm1') and hasattr(m, 'mlp')]
+    merges = [n for n, m in reference.named_modules() if type(m).__name__ == 'PatchMerging']
+    assert len(folds) == 2 * len(blocks) + len(merges) and blocks
+    for block in blocks:
+        assert folds[f'{block}.attn.qkv'] == f'{block}.norm1'
+        assert folds[f'{block}.mlp.fc1'] == f'{block}.norm2'
+    calibrate_model(model, [images(name, seed=1)], forward)
+    x = images(name)
+    with torch.no_grad():
+        with float_run(model):
+            torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(model(x), reference(x), atol=1e-3)

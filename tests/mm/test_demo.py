@@ -29,7 +29,8 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
     spec.loader.exec_module(demo)
     out = str(tmp_path / 'out')
     assert demo.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
-                      '--methods', 'per-tensor', 'igq-fixed', '--bits', '4']) == 0
+                      '--methods', 'per-tensor', 'igq-fixed', '--bits', '4',
+                      '--fidelity-images', '2']) == 0
     records = json.load(open(osp.join(out, 'results.json')))
     assert [r['method'] for r in records] == ['float', 'per-tensor', 'igq-fixed']
     for record in records:
@@ -38,6 +39,10 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
             assert isinstance(record[metric], float) and (0 <= record[metric] <= 1
                                                           or record[metric] == -1)
         assert record['gbops'] > 0 and record['eval_seconds'] > 0
+        if record['method'] == 'float':
+            assert record['kl'] is None and record['feat_err'] is None
+        else:  # measured on val images 1..2, against the model's own float outputs
+            assert record['kl'] >= 0 and 0 < record['feat_err'] < 10
     for name in ('results.md', 'ap_by_method.png', 'channel_range_variation.png'):
         assert osp.getsize(osp.join(out, name)) > 0
     ranges = json.load(open(osp.join(out, 'channel_ranges.json')))

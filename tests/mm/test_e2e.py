@@ -107,3 +107,16 @@ def test_state_file_from_another_config_is_refused(setup):
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert 'calibrated with other settings (a_bits: state 4, now 6)' in result.stderr + result.stdout
+
+
+def test_repq_folds_the_same_weights_on_every_rank(setup):
+    """RepQ-ViT changes float weights at calibration: rank 1 refolds them from rank 0's
+    broadcast buffers, so 1 and 2 processes give the same buffers and metrics."""
+    root, data, checkpoint = setup
+    args = [QUANT_CONFIG, checkpoint] + options(data, 'model.backbone.quant.method=repq')
+    single = run(args, osp.join(root, 'repq'))
+    assert 'IGQ calibration: method=repq' in single
+    distributed = run(args, osp.join(root, 'repq-dist'), processes=2)
+    assert 'identical on 2 rank(s)' in distributed
+    assert fingerprint(distributed) == fingerprint(single)
+    assert metrics(distributed) == metrics(single)

@@ -83,6 +83,8 @@ def test_quantize_twice_changes_nothing_within_a_batch(method, vit_activations):
 def test_statistics_accumulate_over_batches_like_one_big_batch(vit_activations):
     x = vit_activations(6, 20, 8)
     for method in METHODS:
+        if method == 'repq':  # searches per batch (tests/quant/test_repq.py)
+            continue
         split = calibrate(build_activation_quantizer(method, 4, 8, groups=4), x[:2], x[2:5], x[5:])
         whole = calibrate(build_activation_quantizer(method, 4, 8, groups=4), x)
         assert torch.equal(quantized(split, x), quantized(whole, x)), method

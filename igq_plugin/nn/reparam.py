@@ -1,0 +1,171 @@
+"""RepQ-ViT's scale reparameterisation (docs/method.md, section 8).
+
+The input of a Linear that follows a LayerNorm has a few channels with much wider
+ranges than the rest. RepQ-ViT calibrates a per-channel quantizer for it (scales
+``s_c``, zero points ``z_c``), then folds the per-channel scales into the LayerNorm's
+affine and the Linear's weights, so that one per-tensor quantizer with
+``s~ = mean(s_c)``, ``z~ = mean(z_c)`` serves the input (``r_c = s_c / s~``,
+``b_c = s~ (z~ - z_c)``)::
+
+    LayerNorm:  gamma' = gamma / r,  beta' = beta / r - b
+    Linear:     W'[:, c] = r_c W[:, c],  bias' = bias + W' b
+
+which leaves the float function unchanged (:meth:`RepQQuantizer.fold
+<igq_plugin.quant.RepQQuantizer.fold>`). The weights are then quantized per output
+channel as usual.
+
+Which Linear follows which LayerNorm is read off the module structure of the blocks
+this package supports [choice: no graph tracing; an mm or timm block names its parts]:
+a transformer block's ``norm1`` / ``ln1`` feeds its attention's ``qkv`` Linear and
+``norm2`` / ``ln2`` the first Linear of its MLP (``ffn`` / ``mlp``); a patch merging's
+``norm`` feeds its ``reduction``. A LayerNorm output that is zero-padded before the
+Linear (Swin's windows on a feature map that the window size does not divide) would
+make the fold inexact: a padded token is 0 after the fold, which is ``r * b`` before
+it. The folded Linear therefore reads an all-zero token as the padding it is and
+replaces it with ``-b``, the fold of 0 [choice: RepQ-ViT's published code leaves
+this mismatch; on the demo detector it moved the float neck outputs by a relative
+squared error of 0.023].
+
+The fold is recorded only in the quantizer's buffers (and the state file): loading a
+state refolds the float weights from them (:func:`apply_folds`), and a new calibration
+first restores the float weights (:func:`restore_folds`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# (norm child, branch children, what in the branch takes the norm's output)
+_BLOCK_PATTERNS = (
+    (('norm1', 'ln1'), ('attn',), 'qkv'),
+    (('norm2', 'ln2'), ('ffn', 'mlp'), 'first'),
+    (('norm',), ('reduction',), 'self'),
+)
+# Branch classes whose structure the patterns assume (any class in the MRO): mmcv's FFN,
+# timm's Mlp, the Swin / ViT attention modules of mmdet, mmseg and timm.
+_KNOWN_BRANCHES = {'FFN', 'Mlp', 'ShiftWindowMSA', 'WindowMSA', 'WindowAttention',
+                   'Attention', 'MultiheadAttention', 'Linear'}
+
+
+def _class_names(module: nn.Module) -> set[str]:
+    return {cls.__name__ for cls in type(module).__mro__}
+
+
+def _target(branch_name: str, branch: nn.Module, rule: str) -> str | None:
+    """Name (relative to the block) of the projection that takes the norm's output:
+    a Linear, or an ``nn.MultiheadAttention`` (its fused ``in_proj``)."""
+    if not _class_names(branch) & _KNOWN_BRANCHES:
+        return None
+    if rule == 'self':
+        return branch_name if isinstance(branch, nn.Linear) else None
+    for name, module in branch.named_modules():
+        if rule == 'qkv' and isinstance(module, nn.MultiheadAttention):
+            return f'{branch_name}.{name}' if name else branch_name
+        if isinstance(module, nn.Linear) and (rule == 'first' or name.rpartition('.')[2] == 'qkv'):
+            return f'{branch_name}.{name}'
+    return None
+
+
+def _projection(module: nn.Module) -> tuple[nn.Module, str, str]:
+    """``(input quantizer, weight attribute, bias attribute)`` of a folded projection."""
+    if isinstance(module, nn.MultiheadAttention):
+        return module.in_proj_input_quantizer, 'in_proj_weight', 'in_proj_bias'
+    return module.input_quantizer, 'weight', 'bias'
+
+
+def post_norm_linears(model: nn.Module) -> dict[str, str]:
+    """``{projection name: layernorm name}`` of every Linear (or fused attention input
+    projection) fed by a LayerNorm's output.
+
+    Only LayerNorms with an affine (``gamma``, ``beta``) can take the fold.
+
+    Example:
+        >>> import timm
+        >>> vit = timm.create_model('vit_tiny_patch16_224', depth=1)  # doctest: +SKIP
+        >>> post_norm_linears(vit)  # doctest: +SKIP
+        {'blocks.0.attn.qkv': 'blocks.0.norm1', 'blocks.0.mlp.fc1': 'blocks.0.norm2'}
+    """
+    pairs = {}
+    for block_name, block in model.named_modules():
+        children = dict(block.named_children())
+        prefix = f'{block_name}.' if block_name else ''
+        for norm_keys, branch_keys, rule in _BLOCK_PATTERNS:
+            norm_key = next((k for k in norm_keys if k in children), None)
+            norm = children.get(norm_key)
+            if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
+                continue
+            for branch_key in branch_keys:
+                if branch_key in children:
+                    target = _target(branch_key, children[branch_key], rule)
+                    if target is not None:
+                        pairs[prefix + target] = prefix + norm_key
+                    break
+    return pairs
+
+
+def restore_folds(model: nn.Module) -> None:
+    """Put back the float LayerNorm / Linear parameters of every applied fold."""
+    from .lifecycle import quantization_record
+    record = quantization_record(model)
+    if record is None or not record.fold_originals:
+        return
+    for linear_name in record.folds:
+        linear = model.get_submodule(linear_name)
+        if getattr(linear, 'fold_padding', None) is not None:
+            linear.fold_padding = None
+    with torch.no_grad():
+        for name, original in record.fold_originals.items():
+            module_name, _, attr = name.rpartition('.')
+            module = model.get_submodule(module_name)
+            if original is None:  # a bias the fold created
+                setattr(module, attr, None)
+            else:
+                getattr(module, attr).copy_(original)
+    record.fold_originals.clear()
+
+
+def apply_folds(model: nn.Module) -> int:
+    """Fold every calibrated post-LayerNorm quantizer of ``model`` into its weights.
+
+    Quantizers that were just calibrated are folded (:meth:`RepQQuantizer.fold`);
+    ones already folded (loaded from a state) refold the float weights from their
+    buffers. A model is folded at most once: earlier folds are restored first.
+
+    Returns:
+        The number of folds applied.
+    """
+    from .lifecycle import quantization_record
+    record = quantization_record(model)
+    if record is None or not record.folds:
+        return 0
+    restore_folds(model)
+    originals = record.fold_originals
+    applied = 0
+    with torch.no_grad():
+        for linear_name, norm_name in record.folds.items():
+            linear, norm = model.get_submodule(linear_name), model.get_submodule(norm_name)
+            quantizer, weight_attr, bias_attr = _projection(linear)
+            if not bool(quantizer.calibrated):
+                continue
+            ratio, shift = quantizer.fold_factors() if bool(quantizer.folded) else quantizer.fold()
+            for module_name, module, attr in ((norm_name, norm, 'weight'),
+                                              (norm_name, norm, 'bias'),
+                                              (linear_name, linear, weight_attr),
+                                              (linear_name, linear, bias_attr)):
+                value = getattr(module, attr)
+                originals[f'{module_name}.{attr}'] = None if value is None else value.detach().clone()
+            ratio = ratio.to(norm.weight)
+            shift = shift.to(norm.weight)
+            norm.weight.div_(ratio)
+            norm.bias.div_(ratio).sub_(shift)
+            weight = getattr(linear, weight_attr)  # [out, C]
+            weight.mul_(ratio)
+            compensation = weight @ shift
+            if hasattr(linear, 'fold_padding'):  # a QuantLinear (see the module doc)
+                linear.fold_padding = -shift
+            if getattr(linear, bias_attr) is None:
+                setattr(linear, bias_attr, nn.Parameter(compensation))
+            else:
+                getattr(linear, bias_attr).add_(compensation)
+            applied += 1
+    return applied
