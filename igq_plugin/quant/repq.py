@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from .activation import ActivationQuantizer
-from .percentile import check_percentiles, clipping_candidates
+from .percentile import check_percentiles, clipping_candidates, sorted_percentile
 from .primitives import (fake_quantize, log_sqrt2_fake_quantize, qmax, qparams_from_bounds)
 
 # RepQ-ViT's upper percentiles {99.9, 99.99, 99.999}, as clipping ``eps`` (percent).
@@ -182,13 +182,9 @@ class LogSqrt2Quantizer(ActivationQuantizer):
 
     def observe(self, x):
         values = x.reshape(-1).float().sort().values
-        count = values.numel()
         errors, deltas = [], []
         for eps in self.percentiles:
-            position = (100.0 - eps) / 100.0 * (count - 1)
-            low = int(position)
-            high = min(low + 1, count - 1)
-            delta = values[low] * (1 - (position - low)) + values[high] * (position - low)
+            delta = sorted_percentile(values[None], 100.0 - eps)[0]
             delta = torch.clamp(delta, min=torch.finfo(torch.float32).tiny)
             errors.append((log_sqrt2_fake_quantize(values, delta, self.bits) - values)
                           .pow_(2).mean())
