@@ -46,8 +46,8 @@ class QuantConfig:
             3 channels of an image input) [choice].
         candidates: group counts calibrated for the allocation.
         distance: ``'l2'`` or ``'l1'`` range distance of the assignment.
-        bounds: IGQ group quantization range, ``'envelope'`` (default) or
-            ``'mean'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
+        bounds: IGQ group quantization range, ``'envelope'`` (default), ``'mean'`` or
+            ``'mse'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
         assignment: IGQ run-time group choice, ``'cover'`` (default) or
             ``'nearest'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
         attention: also quantize Q/K/V operands and the softmax attention.

@@ -22,9 +22,11 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ..grouping import (assign_groups, check_assignment, check_channel_dim, check_distance,
-                        check_groups, cover_order, covering_positions, fit_group_ranges,
-                        instance_channel_ranges)
+from ..grouping import (assign_covering, assign_groups, check_assignment, check_channel_dim,
+                        check_distance, check_groups, cover_order, covering_positions,
+                        fit_group_ranges, instance_channel_ranges)
+from ..grouping.bounds import (MAX_HIST_ITEMS, ItemHistograms, item_histograms,
+                               minimum_error_bounds)
 from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
                                split_instances)
 from .mode import ModeSwitchMixin, QuantMode
@@ -33,7 +35,7 @@ from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams
 # The package's one definition of these constants (the config, the cost model and the
 # reports import them from here).
 KINDS = ('channel', 'softmax')
-GROUP_BOUNDS = ('mean', 'envelope')
+GROUP_BOUNDS = ('mean', 'envelope', 'mse')
 DEFAULT_CANDIDATES = (1, 2, 4, 8, 12, 16)
 
 
@@ -346,12 +348,15 @@ class IGQQuantizer(ActivationQuantizer):
         distance: ``'l2'`` or ``'l1'`` range distance (calibration, and the
             ``'nearest'`` assignment).
         max_iter: alternating calibration rounds.
-        bounds: quantization range of a group [choice]: ``'envelope'`` (default: the
+        bounds: quantization range of a group [choice]: ``'envelope'`` (the
             min/max over the calibration ranges of its members, so no calibrated
-            channel is clipped and G=1 is the per-tensor min/max quantizer) or
+            channel is clipped and G=1 is the per-tensor min/max quantizer),
             ``'mean'`` (the group's centre, the mean of its members' ranges, the
             wording of docs/method.md; it clips every member wider than the mean, and at
-            G=1 clips all outlier channels). See README, "Group bounds".
+            G=1 clips all outlier channels) or ``'mse'`` (per group count, the
+            interpolation between the two with the lowest expected rounding plus
+            clipping error of the calibration items under the run-time assignment,
+            :mod:`igq_plugin.grouping.bounds`). See README, "Group bounds".
         assignment: run-time rule [choice]: ``'cover'`` (default: the narrowest group
             whose quantization range contains the item's range on this instance, else
             the one that clips least; see :func:`~igq_plugin.grouping.assign_covering`)
@@ -397,7 +402,9 @@ class IGQQuantizer(ActivationQuantizer):
         self.register_buffer('centre_upper', torch.zeros(len(usable), max(usable)))
         self._pairs_lower: list[torch.Tensor] = []
         self._pairs_upper: list[torch.Tensor] = []
+        self._histograms: ItemHistograms | None = None  # bounds='mse' only
         self.fit_iterations: dict[int, int] = {}
+        self.bound_steps: dict[int, float] = {}  # bounds='mse': the chosen interpolation
         self._tables_key: tuple | None = None
         self._tables: _GroupTables | None = None
 
@@ -417,10 +424,37 @@ class IGQQuantizer(ActivationQuantizer):
         lower, upper = self._item_ranges(x)
         self._pairs_lower.append(lower.reshape(-1).float().cpu())
         self._pairs_upper.append(upper.reshape(-1).float().cpu())
+        if self.bounds == 'mse':
+            self._observe_histograms(x, lower.reshape(-1), upper.reshape(-1))
+
+    def _observe_histograms(self, x: torch.Tensor, lower: torch.Tensor,
+                            upper: torch.Tensor) -> None:
+        """Add the histograms of this batch's items (at most ``MAX_HIST_ITEMS`` kept)."""
+        if self.kind == 'channel':
+            view, _ = split_instances(x, self.channel_dim, self.num_instances)
+            instances, channels = lower.numel() // self.channels, self.channels
+            item = torch.arange(instances * channels, device=x.device).view(instances,
+                                                                             channels)
+            item = instance_param_view(item, view, self.channel_dim)
+            part = item_histograms(view, item, lower, upper)
+        else:
+            rows = x.reshape(-1, x.shape[-1])
+            step = -(-rows.shape[0] // MAX_HIST_ITEMS)  # rows of a map, evenly spaced
+            rows, upper = rows[::step], upper[::step]
+            item = torch.arange(rows.shape[0], device=x.device).view(-1, 1)
+            part = item_histograms(rows, item, torch.zeros_like(upper), upper)
+        part = ItemHistograms(*(t.cpu() for t in (part.lower, part.upper, part.count,
+                                                  part.total, part.square)))
+        kept = part if self._histograms is None else ItemHistograms.concat(
+            [self._histograms, part])
+        while len(kept) > MAX_HIST_ITEMS:
+            kept = kept.every(2)
+        self._histograms = kept
 
     def reset_statistics(self):
         super().reset_statistics()
         self._pairs_lower, self._pairs_upper = [], []
+        self._histograms = None
 
     def pooled_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All recorded item ranges ``([P], [P])`` in observation order."""
@@ -450,11 +484,25 @@ class IGQQuantizer(ActivationQuantizer):
             fit = fit_group_ranges(lower, upper, groups, self.max_iter, self.distance)
             self.centre_lower[row, :groups] = fit.lower
             self.centre_upper[row, :groups] = fit.upper
-            bound_lower, bound_upper = ((fit.lower, fit.upper) if self.bounds == 'mean'
-                                        else fit.envelope(lower, upper))
+            if self.bounds == 'mean':
+                bound_lower, bound_upper = fit.lower, fit.upper
+            elif self.bounds == 'envelope':
+                bound_lower, bound_upper = fit.envelope(lower, upper)
+            else:
+                bound_lower, bound_upper, step = minimum_error_bounds(
+                    self._histograms, (fit.lower, fit.upper), fit.envelope(lower, upper),
+                    self.bits, self._assign_ranges(fit.lower, fit.upper))
+                self.bound_steps[groups] = step
             self.group_lower[row, :groups] = bound_lower
             self.group_upper[row, :groups] = bound_upper
             self.fit_iterations[groups] = fit.iterations
+
+    def _assign_ranges(self, centre_lower: torch.Tensor, centre_upper: torch.Tensor):
+        """The run-time rule as ``assign(m, M, group_lower, group_upper)`` -> groups."""
+        if self.assignment == 'cover':
+            return assign_covering
+        return lambda lower, upper, _l, _u: assign_groups(lower, upper, centre_lower,
+                                                          centre_upper, self.distance)
 
     def _active_row(self) -> tuple[int, int]:
         groups = int(self.groups)

@@ -11,6 +11,7 @@ from igq_plugin.grouping import instance_view, range_distances
 from igq_plugin.quant import (IGQQuantizer, PerTensorQuantizer, StaticGroupQuantizer,
                               UpperBoundQuantizer, fake_quantize, qmax, quant_mode)
 from igq_plugin.quant.primitives import qparams_from_bounds
+from tests.quantizers import calibrate, quantized
 
 
 def reference_fake_quantize(x, scale, zero, bits):
@@ -70,18 +71,6 @@ def same_bits(a, b):
                        torch.where(b.isnan(), 0.0, b).view(bits))
 
 
-def calibrate(q, *batches, num_instances=None):
-    q.num_instances = num_instances
-    with quant_mode(q, 'calibrate'):
-        for batch in batches:
-            q(batch)
-    q.finalize()
-    return q
-
-
-def quantized(q, x):
-    with torch.no_grad(), quant_mode(q, 'quantized'):
-        return q(x)
 
 
 def activations(*shape, seed=0, channel_dim=-1):
