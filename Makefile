@@ -2,6 +2,7 @@
 PYTHON := .venv/bin/python
 TASK ?= det
 DETECTOR ?= mask-rcnn
+PROTOCOL ?= backbone-neck
 MMDET_TOOLS = $(shell $(PYTHON) -c "import mmdet, os; print(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'tools'))")
 DEMO_CONFIGS := configs/demo
 DATA := data/synthetic_coco
@@ -17,10 +18,11 @@ test: setup
 test-slow: setup
 	$(PYTHON) -m pytest -m slow
 
-# make demo: the detection demo (DETECTOR=mask-rcnn or cascade); make demo TASK=seg: the
-# segmentation demo (both UperNet models).
+# make demo: the detection demo (DETECTOR=mask-rcnn or cascade; PROTOCOL=full also
+# quantizes the RPN and RoI heads); make demo TASK=seg: the segmentation demo (both
+# UperNet models).
 demo: setup
-	$(PYTHON) tools/demo.py --task $(TASK) $(if $(filter det,$(TASK)),--model $(DETECTOR))
+	$(PYTHON) tools/demo.py --task $(TASK) $(if $(filter det,$(TASK)),--model $(DETECTOR) --protocol $(PROTOCOL))
 
 # Speed and memory of quantized vs float Mask R-CNN Swin-T (README, "Performance").
 # BENCH_ARGS e.g. "--device cuda" or "--calib-image-size 400x608 --search fast naive".

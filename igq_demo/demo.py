@@ -22,6 +22,14 @@ from .plots import plot_channel_ranges, plot_groups_per_layer, plot_metrics_by_m
 from .tasks import TASKS, DemoTask
 
 
+# What is quantized (detection): the project's default, and the protocol of the
+# detection peers' published code (every Conv2d / Linear of the detector).
+PROTOCOLS = {
+    'backbone-neck': {},
+    'full': {'model.backbone.quant.rpn_head': True, 'model.backbone.quant.roi_head': True},
+}
+
+
 @dataclass
 class DemoSettings:
     """What the demo runs (see ``tools/demo.py --help``)."""
@@ -37,6 +45,7 @@ class DemoSettings:
     calib_images: int = 1
     fidelity_images: int = 16  # val images after the calibration images
     variation_images: int = 8
+    protocol: str = 'backbone-neck'
     extra: dict = field(default_factory=dict)
 
     @property
@@ -62,6 +71,11 @@ class DemoSettings:
         if self.model_name not in self.spec.models:
             raise ValueError(f'model={self.model!r} is not a {self.task} demo model: allowed '
                              f'are {sorted(self.spec.models)}')
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f'protocol={self.protocol!r}: allowed are {sorted(PROTOCOLS)}')
+        if self.protocol != 'backbone-neck' and self.task != 'det':
+            raise ValueError(f'protocol={self.protocol!r} applies to detectors; a {self.task} '
+                             f'demo quantizes backbone and decode head (backbone-neck)')
         check_runs(self.methods, self.bits, self.g_avg)
         if self.calib_images < 1:
             raise ValueError(f'calib_images={self.calib_images}: need at least 1')
@@ -100,10 +114,13 @@ def _record(task: DemoTask, method, w_bits, a_bits, g_avg, result, gbops) -> dic
 
 
 def output_dir(settings: DemoSettings) -> str:
-    """``out`` for the detection demo's first model, ``out/<task or model>`` otherwise."""
+    """``out`` for the detection demo's first model, ``out/<task or model>`` otherwise;
+    ``/full`` appended for the full-detector protocol."""
     if settings.task == 'det':
-        return settings.out if settings.model_name == 'mask-rcnn' else osp.join(
+        out = settings.out if settings.model_name == 'mask-rcnn' else osp.join(
             settings.out, settings.model_name)
+        return out if settings.protocol == 'backbone-neck' else osp.join(out,
+                                                                          settings.protocol)
     return osp.join(settings.out, settings.task, settings.model_name)
 
 
@@ -121,7 +138,7 @@ def run_demo(settings: DemoSettings) -> list[dict]:
     out = output_dir(settings)
     os.makedirs(out, exist_ok=True)
     options = dict(task.data_options(data.rstrip('/') + '/'), log_level='WARNING',
-                   **settings.extra)
+                   **PROTOCOLS[settings.protocol], **settings.extra)
     records, allocations, macs = [], {}, 0
     for bits in settings.bits:
         for method in settings.methods:
@@ -160,9 +177,12 @@ def _write_outputs(records: list[dict], out: str, settings: DemoSettings, data: 
     task = settings.spec
     with open(osp.join(out, 'results.json'), 'w') as f:
         json.dump(records, f, indent=2)
+    parts = {'backbone-neck': 'backbone and neck' if task.name == 'det'
+             else 'backbone and decode head',
+             'full': 'backbone, neck, RPN and RoI heads'}[settings.protocol]
     header = (f'# IGQ demo: {settings.model_name}, synthetic {task.name} val '
               f'({task.count_val(data)} images), {settings.calib_images} calibration '
-              f'image(s), G_avg = {settings.g_avg}\n\n'
+              f'image(s), G_avg = {settings.g_avg}; quantized: {parts}\n\n'
               f'kl: mean KL(p_float || p_quantized) per {_KL_ITEMS[task.name]}, '
               f'feat_err: relative squared error of the neck outputs; both on val images '
               f'{settings.calib_images}..{settings.calib_images + settings.fidelity_images - 1} '

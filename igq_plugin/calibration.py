@@ -39,6 +39,7 @@ class CalibrationReport:
     gbops: float
     rows: list[dict] = field(default_factory=list)
     allocation: dict[str, int] | None = None
+    unmeasured: tuple[str, ...] = ()  # igq: layers whose G the predictions ignore
     budget_gbops: float | None = None  # of the allocated (IGQ) layers
     allocated_gbops: float | None = None  # the same layers with the chosen G
     macs: int = 0  # multiply-accumulates of the quantized operations (last image)
@@ -145,6 +146,7 @@ def _calibrate(model, config, batches, forward, predictor, progress) -> Calibrat
             bar.file.flush()
         result = allocate_groups(layers, sensitivity, g_avg=config.groups)
         report.allocation = result.groups
+        report.unmeasured = result.unmeasured
         report.budget_gbops = result.budget / 1e9
         report.allocated_gbops = result.total_bops / 1e9
     set_mode(model, QuantMode.QUANTIZED)

@@ -8,12 +8,13 @@ mIoU / aAcc); prints a table and writes results.json, results.md and PNG plots t
 (segmentation: --out/seg/<model>).
 
     python tools/demo.py --task det --model mask-rcnn      # or cascade
+    python tools/demo.py --protocol full                   # also RPN and RoI heads
     python tools/demo.py --task seg                        # both UperNet models
 """
 import argparse
 import sys
 
-from igq_demo.demo import DemoSettings, run_demo
+from igq_demo.demo import PROTOCOLS, DemoSettings, run_demo
 from igq_demo.tasks import TASKS
 from igq_plugin.quant import METHODS
 
@@ -35,6 +36,10 @@ def parse_args(argv=None) -> list[DemoSettings]:
     parser.add_argument('--bits', nargs='+', type=int, default=[4, 6], help='W/A bit-widths')
     parser.add_argument('--g-avg', type=int, default=8, help='G (fixed) or G_avg (igq)')
     parser.add_argument('--calib-images', type=int, default=1, help='calibration images')
+    parser.add_argument('--protocol', default='backbone-neck', choices=sorted(PROTOCOLS),
+                        help='detection: what is quantized, backbone and neck (default) or '
+                             'the full detector (also RPN and RoI heads, as the peers\' '
+                             'published code); output in --out/full')
     parser.add_argument('--fidelity-images', type=int, default=16,
                         help='val images (after the calibration images) of the kl / feat_err '
                              'columns')
@@ -49,7 +54,8 @@ def parse_args(argv=None) -> list[DemoSettings]:
     return [DemoSettings(task=args.task, model=name, checkpoint=args.checkpoint, data=args.data,
                          out=args.out, methods=tuple(args.methods), bits=tuple(args.bits),
                          g_avg=args.g_avg, calib_images=args.calib_images,
-                         fidelity_images=args.fidelity_images) for name in names]
+                         fidelity_images=args.fidelity_images, protocol=args.protocol)
+            for name in names]
 
 
 def main(argv=None) -> int:

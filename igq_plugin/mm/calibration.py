@@ -89,3 +89,7 @@ def log_report(report: CalibrationReport, logger: str = 'current') -> None:
               f'{report.budget_gbops:.4f} GBOPs' if report.budget_gbops else '')
     print_log(f'IGQ calibration: method={report.method}, {report.num_images} image(s), '
               f'{report.seconds:.1f} s, {report.gbops:.4f} GBOPs{budget}', logger=logger)
+    if report.unmeasured:
+        print_log(f'IGQ allocation: the class distributions the search compares do not '
+                  f'depend on the G of {len(report.unmeasured)} layers (e.g. '
+                  f'{report.unmeasured[0]}); they keep G_avg', logger=logger)

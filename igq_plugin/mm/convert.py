@@ -38,6 +38,7 @@ class MMQuantSettings:
     Attributes:
         config: the quantizer settings (every :class:`QuantConfig` field).
         neck: quantize the neck's convolutions (FPN).
+        rpn_head: quantize the RPN's convolutions (two-stage detectors).
         roi_head: quantize the RoI heads' Linear / Conv2d layers (detectors).
         decode_head: quantize the decode head (segmentors; the auxiliary head, unused
             at inference, stays float).
@@ -45,6 +46,7 @@ class MMQuantSettings:
 
     config: QuantConfig
     neck: bool = True
+    rpn_head: bool = False
     roi_head: bool = False
     decode_head: bool = True
 
@@ -66,14 +68,14 @@ class MMQuantSettings:
 
     def as_dict(self) -> dict:
         """Flat settings, as written in the config (for state files and logs)."""
-        return dict(self.config.as_dict(), neck=self.neck, roi_head=self.roi_head,
-                    decode_head=self.decode_head)
+        return dict(self.config.as_dict(), neck=self.neck, rpn_head=self.rpn_head,
+                    roi_head=self.roi_head, decode_head=self.decode_head)
 
     def parts(self, model: nn.Module) -> tuple[str, ...]:
         """Names of the parts of ``model`` to quantize."""
         selected = ['backbone']
-        for part, enabled in (('neck', self.neck), ('roi_head', self.roi_head),
-                              ('decode_head', self.decode_head)):
+        for part, enabled in (('neck', self.neck), ('rpn_head', self.rpn_head),
+                              ('roi_head', self.roi_head), ('decode_head', self.decode_head)):
             if enabled and isinstance(getattr(model, part, None), nn.Module):
                 selected.append(part)
         return tuple(selected)

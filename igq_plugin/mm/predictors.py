@@ -191,10 +191,11 @@ class RoIClassPredictor:
         differ from float."""
         outputs = []
         with torch.no_grad():
-            # a quantized RoI-head layer sees the pooled features themselves: pooled by
+            # a quantized box-head layer sees the pooled features themselves: pooled by
             # mmcv, as in the naive search, a last-bit difference cannot move a value
-            # across a rounding boundary
-            mmcv_pooling = layer is not None and layer.startswith('roi_head.')
+            # across a rounding boundary (a mask-head layer does not change the scores:
+            # pooled as the reference, its KL is exactly 0)
+            mmcv_pooling = layer is not None and layer.startswith('roi_head.bbox_head')
             for index in range(len(self.stage_rois)):
                 feats = self.features(index, layer)
                 scores = self._scores(index, feats, mmcv_pooling)

@@ -21,6 +21,9 @@ class AllocationResult:
         bops: ``{layer: {G: BOPs}}`` cost tables.
         budget: total BOPs allowed (every layer at ``min(G_avg, channels)``).
         total_bops: total BOPs of the chosen allocation (``<= budget``).
+        unmeasured: layers whose group count the predictions do not depend on (the
+            same ``Omega`` for every G), kept at the budget's G instead of being
+            allocated.
     """
 
     groups: dict[str, int]
@@ -28,11 +31,19 @@ class AllocationResult:
     bops: dict[str, dict[int, int]]
     budget: int
     total_bops: int
+    unmeasured: tuple[str, ...] = ()
 
 
 def allocate_groups(layers: Mapping[str, IGQQuantizer], sensitivity: Mapping[str, Mapping[int, float]],
                     g_avg: int, budget: int | None = None, method: str = 'milp') -> AllocationResult:
     """Solve and apply the group-size allocation.
+
+    A layer whose sensitivity is the same for every candidate does not feed the
+    predictions the search compares (e.g. an RPN, mask-head or box-regression layer under
+    per-RoI class scores on fixed float proposals, or an FPN level no RoI is pooled
+    from): the search has no evidence about it, and the solver would give it the
+    cheapest G. It keeps the budget's G (``min(G_avg, channels)``) and its BOPs; the
+    other layers share the rest of the budget.
 
     Args:
         layers: calibrated IGQ quantizers (they recorded their costs).
@@ -48,16 +59,24 @@ def allocate_groups(layers: Mapping[str, IGQQuantizer], sensitivity: Mapping[str
     costs = model_costs(layers)
     bops = {name: {g: layer_bops(costs[name], g) for g in q.candidates}
             for name, q in layers.items()}
+    reference = {}
+    for name, quantizer in layers.items():
+        reference[name] = reference_groups(costs[name], g_avg)
+        if reference[name] not in bops[name]:
+            raise ValueError(f'{name}: G_avg={g_avg} (capped to {reference[name]}) is not one '
+                             f'of its calibrated candidates {quantizer.candidates}')
     if budget is None:
-        budget = 0
-        for name, quantizer in layers.items():
-            reference = reference_groups(costs[name], g_avg)
-            if reference not in bops[name]:
-                raise ValueError(f'{name}: G_avg={g_avg} (capped to {reference}) is not one of '
-                                 f'its calibrated candidates {quantizer.candidates}')
-            budget += bops[name][reference]
+        budget = sum(bops[name][reference[name]] for name in layers)
     tables = {name: {g: float(sensitivity[name][g]) for g in bops[name]} for name in layers}
-    groups = solve_allocation(tables, bops, budget, method=method)
+    unmeasured = tuple(name for name in layers if len(set(tables[name].values())) == 1)
+    groups = {name: reference[name] for name in unmeasured}
+    measured = [name for name in layers if name not in groups]
+    if measured:
+        solved = solve_allocation({n: tables[n] for n in measured},
+                                  {n: bops[n] for n in measured},
+                                  budget - sum(bops[n][g] for n, g in groups.items()),
+                                  method=method)
+        groups = {name: solved.get(name, groups.get(name)) for name in layers}
     apply_allocation(layers, groups)
     total = sum(bops[name][g] for name, g in groups.items())
-    return AllocationResult(groups, tables, bops, budget, total)
+    return AllocationResult(groups, tables, bops, budget, total, unmeasured)

@@ -31,3 +31,17 @@ def test_value_axis_frames_the_values_within_the_metric_range():
     assert 0.98 < low < 0.99 and high == 1.0
     low, high = value_limits([0.5, 0.5], (0.0, 1.0))  # flat: a small window around it
     assert low < 0.5 < high
+
+
+def test_protocols_are_checked_and_get_their_own_folder():
+    import pytest
+    from igq_demo.demo import PROTOCOLS, DemoSettings, output_dir
+    assert output_dir(DemoSettings(out='o')) == 'o'
+    assert output_dir(DemoSettings(out='o', protocol='full')) == 'o/full'
+    assert output_dir(DemoSettings(out='o', model='cascade', protocol='full')) == 'o/cascade/full'
+    assert PROTOCOLS['full'] == {'model.backbone.quant.rpn_head': True,
+                                 'model.backbone.quant.roi_head': True}
+    with pytest.raises(ValueError, match="protocol='all'"):
+        DemoSettings(protocol='all').validate()
+    with pytest.raises(ValueError, match='applies to detectors'):
+        DemoSettings(task='seg', protocol='full').validate()

@@ -137,6 +137,28 @@ def test_cascade_with_roi_head_quantized():
     assert 0 < roi_kl(float_model, model, batches) < float('inf')
 
 
+def test_full_detector_protocol_keeps_g_avg_where_the_search_is_blind():
+    """RPN and mask-head layers do not change the per-RoI class scores on fixed float
+    proposals: the allocation keeps them at G_avg instead of the cheapest G."""
+    torch.manual_seed(0)
+    float_model = MODELS.build(tiny_model_cfg()).eval()
+    model = MODELS.build(tiny_model_cfg(quant=dict(QUANT, rpn_head=True, roi_head=True))).eval()
+    quantize_mm_model(model)
+    model.load_state_dict(float_model.state_dict(), strict=False)
+    names = list(igq_quantizers(model))
+    assert any(n.startswith('rpn_head.') for n in names)
+    assert any(n.startswith('roi_head.mask_head.') for n in names)
+    report = calibrate_mm_model(model, tiny_batches(float_model, count=1), progress=None)
+    blind = set(report.unmeasured)
+    # and box regression, and FPN levels that no RoI of this small image is pooled from
+    assert {n for n in names if n.startswith(('rpn_head.', 'roi_head.mask_head.'))
+            or '.fc_reg.' in n} <= blind
+    assert all(n.startswith(('rpn_head.', 'roi_head.mask_head.', 'neck.'))
+               or '.fc_reg.' in n for n in blind)
+    assert all(report.allocation[n] == 4 for n in blind)
+    assert any(report.allocation[n] != 4 for n in names if n not in blind)
+
+
 def test_empty_calibration_set():
     _, model = build_pair()
     with pytest.raises(ValueError, match='empty calibration'):

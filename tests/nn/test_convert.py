@@ -105,6 +105,25 @@ def test_sensitivity_and_allocation_meet_the_budget():
         allocate_groups(layers, tables, g_avg=4, budget=1)
 
 
+def test_layers_the_predictions_ignore_keep_g_avg():
+    """A layer with the same Omega at every G (not upstream of the predictions) is not
+    starved to G = 1 by the solver; the others share the rest of the budget."""
+    images = toy_images(2)
+    _, model = converted(groups=4, images=images)
+    layers = igq_quantizers(model)
+    names = list(layers)
+    blind = names[0]
+    tables = {name: {g: (1e-8 if name == blind else 1.0 / g) for g in q.candidates}
+              for name, q in layers.items()}
+    result = allocate_groups(layers, tables, g_avg=4)
+    assert result.unmeasured == (blind,)
+    assert result.groups[blind] == min(4, layers[blind].channels or 4)
+    assert result.total_bops <= result.budget
+    seen = dict(tables)
+    seen[blind] = {g: 1e-9 / g for g in layers[blind].candidates}  # tiny, but measured
+    assert allocate_groups(layers, seen, g_avg=4).groups[blind] == min(layers[blind].candidates)
+
+
 def test_quant_config_rejects_bad_values():
     with pytest.raises(ValueError, match='w_bits=1'):
         QuantConfig(w_bits=1)
