@@ -36,6 +36,8 @@ class DemoTask:
         generate, is_current: the generator and its freshness check.
         val_marker: a path under the data root that a dataset of this task must have.
         data_options: ``--cfg-options``-style entries pointing a config at a root.
+        split_options: the same, and the test loader at another split of the root
+            (e.g. ``train``, to measure on images the val metrics never see).
         count_val: number of val images under a root.
     """
 
@@ -49,6 +51,7 @@ class DemoTask:
     is_current: Callable
     val_marker: str
     data_options: Callable[[str], dict]
+    split_options: Callable[[str, str], dict]
     count_val: Callable[[str], int]
 
     @property
@@ -62,6 +65,13 @@ def _coco_options(root: str) -> dict:
             'test_evaluator.ann_file': root + 'annotations/instances_val.json'}
 
 
+def _coco_split_options(root: str, split: str) -> dict:
+    return {'test_dataloader.dataset.data_root': root,
+            'test_dataloader.dataset.ann_file': f'annotations/instances_{split}.json',
+            'test_dataloader.dataset.data_prefix.img': f'{split}/',
+            'test_evaluator.ann_file': root + f'annotations/instances_{split}.json'}
+
+
 def _coco_val_images(root: str) -> int:
     with open(osp.join(root, 'annotations', 'instances_val.json')) as f:
         return len(json.load(f)['images'])
@@ -69,6 +79,12 @@ def _coco_val_images(root: str) -> int:
 
 def _seg_options(root: str) -> dict:
     return {'test_dataloader.dataset.data_root': root}
+
+
+def _seg_split_options(root: str, split: str) -> dict:
+    return {'test_dataloader.dataset.data_root': root,
+            'test_dataloader.dataset.data_prefix.img_path': f'img_dir/{split}',
+            'test_dataloader.dataset.data_prefix.seg_map_path': f'ann_dir/{split}'}
 
 
 def _seg_val_images(root: str) -> int:
@@ -106,6 +122,7 @@ DET = DemoTask(
     is_current=lambda out, **args: _coco_generator().dataset_is_current(out, **args),
     val_marker='annotations/instances_val.json',
     data_options=_coco_options,
+    split_options=_coco_split_options,
     count_val=_coco_val_images)
 
 SEG = DemoTask(
@@ -128,6 +145,16 @@ SEG = DemoTask(
     is_current=lambda out, **args: _seg_generator().dataset_is_current(out, **args),
     val_marker='ann_dir/val',
     data_options=_seg_options,
+    split_options=_seg_split_options,
     count_val=_seg_val_images)
 
 TASKS = {task.name: task for task in (DET, SEG)}
+
+
+def task_of(model: str) -> DemoTask:
+    """The task whose demo models include ``model``."""
+    for task in TASKS.values():
+        if model in task.models:
+            return task
+    raise ValueError(f'model={model!r}: allowed are '
+                     f'{sorted(m for t in TASKS.values() for m in t.models)}')

@@ -152,13 +152,13 @@ def _layer_kind(name: str) -> str:
 
 
 def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_images: int = 1,
-                        eval_images: int = 8) -> dict[str, Any]:
+                        eval_images: int = 8, calib_start: int = 0) -> dict[str, Any]:
     """Where a quantizer loses information on images it was not calibrated on.
 
-    Calibrates on the first ``calib_images`` images of the config's test dataloader
-    and measures on the next ``eval_images``: for every activation quantizer the
-    relative error ``||q(x) - x||^2 / ||x||^2`` of its own input (in the quantized
-    model), averaged per layer kind, the relative error of the neck outputs
+    Calibrates on ``calib_images`` images of the config's test dataloader from image
+    ``calib_start`` on, and measures on the next ``eval_images``: for every activation
+    quantizer the relative error ``||q(x) - x||^2 / ||x||^2`` of its own input (in the
+    quantized model), averaged per layer kind, the relative error of the neck outputs
     against the float model and the mean KL of the class distributions
     (:func:`~.fidelity.output_fidelity`). Point the test dataloader at a split that is not
     evaluated (e.g. train) to compare quantizer designs without touching val.
@@ -168,7 +168,8 @@ def quantization_errors(cfg: Config, checkpoint: str, work_dir: str, calib_image
     """
     runner = _prepared_runner(cfg, checkpoint, work_dir)
     model = runner.model
-    batches = take_calibration_batches(runner.test_dataloader, calib_images + eval_images, model)
+    batches = take_calibration_batches(runner.test_dataloader, calib_images + eval_images, model,
+                                       calib_start)
     calibrate_mm_model(model, batches[:calib_images], progress=None)
     quantizers = activation_quantizers(model)
     sums: dict[str, list[float]] = {name: [0.0, 0.0] for name in quantizers}
