@@ -1,117 +1,149 @@
 #!/usr/bin/env python
 """Does the group-size allocation earn its cost? igq vs igq-fixed on held-out images.
 
-Calibrates the demo detector (method ``igq``) on one image of a split that is not
-evaluated (default: the demo's train split), computes sensitivity tables in several
-ways, allocates groups under the same BOP budget with each, and measures the output
-fidelity (mean per-RoI KL on the float proposals, as in the demo) of every allocation
-and of ``igq-fixed`` (G_avg everywhere) on the next --eval-images images. Prints
-per-variant KL, the paired per-image comparison with igq-fixed and how many layers
-changed G.
+For each calibration image C of a split that the demo never evaluates (default: its
+train split), calibrates a demo model with ``method='igq'`` on image C alone, computes
+sensitivity tables in one or more ways (--variants), allocates groups under the budget
+"every layer at G_avg" with each, and measures the fidelity kl (the demo's figure: mean
+KL(p_float || p_quantized) per RoI of the float proposals, or per pixel) of every
+allocation and of ``igq-fixed`` (G_avg in every layer, the same BOPs) on the same
+held-out images, which follow the largest C. Prints, per calibration image, each
+variant's kl and on how many held-out images it beats igq-fixed, then the kl of every
+variant per calibration image and their mean.
 
-    python tools/allocation_study.py --bits 4 --eval-images 16
+Variants of the sensitivity search:
+  calib    the default: KL on the calibration image, one layer quantized at a time;
+  flip     on the calibration image and its horizontal flip;
+  augment  on the image, its flip and two rescaled copies (-/+ 32 px);
+  others   on --search-images other images of the split;
+  context  on the calibration image with every other layer quantized at G_avg.
+
+    python tools/allocation_study.py --model mask-rcnn --bits 4 --eval-images 48 \\
+        --calib-index 0 1 2 3 4 5 --variants calib
 """
 import argparse
+import copy
 import json
 import os
 import os.path as osp
 import sys
-import time
 
 import torch
+import torch.nn.functional as F
 
-from igq_demo.tasks import DET, SEG, task_of
+from igq_demo.tasks import TASKS, task_of
 from igq_plugin.mm.calibration import calibrate_mm_model, take_calibration_batches
 from igq_plugin.mm.evaluation import _prepared_runner, load_config
 from igq_plugin.mm.predictors import build_predictor
 from igq_plugin.nn import QuantState, float_run, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode, set_mode
-from igq_plugin.search import allocate_groups, kl_divergence, sensitivity_tables
+from igq_plugin.search import (allocate_groups, kl_divergence, model_costs,
+                               sensitivity_tables)
 from igq_plugin.search.bops import reference_groups
-from igq_plugin.search.model_costs import model_costs
+
+VARIANTS = ('calib', 'flip', 'augment', 'others', 'context')
 
 
-def augmented_views(batch):
-    """The calibration image, its horizontal flip and two rescaled copies (-/+ 32 px)."""
-    import copy
-    import torch.nn.functional as F
+def augmented_views(batch: dict) -> list[dict]:
+    """The image, its horizontal flip and two rescaled copies (-/+ 32 px), as batches."""
+    views = [batch, dict(inputs=torch.flip(batch['inputs'], dims=[-1]),
+                         data_samples=batch['data_samples'])]
     height = batch['inputs'].shape[-2]
-    sizes = (height - 32, height + 32)
-    views = [batch]
-    flipped = dict(inputs=torch.flip(batch['inputs'], dims=[-1]),
-                   data_samples=batch['data_samples'])
-    views.append(flipped)
-    for size in sizes:
-        inputs = F.interpolate(batch['inputs'], size=(size, size), mode='bilinear',
-                               align_corners=False)
+    for size in (height - 32, height + 32):
         samples = [copy.deepcopy(s) for s in batch['data_samples']]
-        for s in samples:
-            s.set_metainfo(dict(img_shape=(size, size), batch_input_shape=(size, size),
-                                pad_shape=(size, size)))
-        views.append(dict(inputs=inputs, data_samples=samples))
+        for sample in samples:
+            sample.set_metainfo(dict(img_shape=(size, size), batch_input_shape=(size, size),
+                                     pad_shape=(size, size)))
+        views.append(dict(inputs=F.interpolate(batch['inputs'], size=(size, size),
+                                               mode='bilinear', align_corners=False),
+                          data_samples=samples))
     return views
 
 
-def monotone(tables):
-    """Each table made non-increasing in G (running minimum from G=1 upwards)."""
-    out = {}
-    for name, table in tables.items():
-        best, row = float('inf'), {}
-        for g in sorted(table):
-            best = min(best, table[g])
-            row[g] = best
-        out[name] = row
-    return out
-
-
-def per_image_kl(model, predictor, reference):
+def per_image_kl(predictor, reference) -> list[float]:
+    """Mean KL per image of the model (in its current mode) against ``reference``."""
     with torch.no_grad():
         outputs = predictor.predict(None)
     return [float(kl_divergence(r, o).mean()) for r, o in zip(reference, outputs)]
 
 
-def context_tables(model, layers, predictor, reference, g_avg):
+def context_tables(model, layers, predictor, g_avg):
     """Omega_l(G) with every other layer quantized at G_avg (one full forward each)."""
-    tables = {}
+    with float_run(model):
+        reference = [r.clone() for r in predictor.predict(None)]
     costs = model_costs(layers)
-    for quantizer_name, q in layers.items():
-        q.set_groups(reference_groups(costs[quantizer_name], g_avg))
+    for name, quantizer in layers.items():
+        quantizer.set_groups(reference_groups(costs[name], g_avg))
+    tables = {}
     with torch.no_grad(), quant_mode(model, QuantMode.QUANTIZED):
         for name, quantizer in layers.items():
-            active = int(quantizer.groups)
-            table = {}
+            active, tables[name] = int(quantizer.groups), {}
             for groups in quantizer.candidates:
                 quantizer.set_groups(groups)
-                outputs = predictor.predict(None)
-                table[groups] = float(torch.stack([kl_divergence(r, o).mean()
-                                                   for r, o in zip(reference, outputs)]).mean())
+                tables[name][groups] = sum(per_image_kl(predictor, reference)) / len(reference)
             quantizer.set_groups(active)
-            tables[name] = table
     return tables
+
+
+def variant_tables(variant, model, layers, calib, search, g_avg):
+    """The sensitivity tables of one search variant (the model in ``CALIBRATING``)."""
+    if variant == 'context':
+        with float_run(model):
+            predictor = build_predictor(model, calib, reuse_prefix=False)
+        return context_tables(model, layers, predictor, g_avg)
+    images = {'calib': calib, 'flip': augmented_views(calib[0])[:2],
+              'augment': augmented_views(calib[0]), 'others': search}[variant]
+    with float_run(model):
+        predictor = build_predictor(model, images)
+    return sensitivity_tables(model, layers, predictor)
+
+
+def study(model, calib, evals, search, args) -> dict:
+    """igq-fixed and every variant's allocation, calibrated on ``calib``, measured on
+    ``evals``: ``{name: dict(kl=[per image], allocation={layer: G})}``."""
+    calibrate_mm_model(model, calib, progress=None)
+    layers = igq_quantizers(model)
+    costs = model_costs(layers)
+    allocations = {'igq-fixed': {n: reference_groups(costs[n], args.g_avg) for n in layers}}
+    set_quant_state(model, QuantState.CALIBRATING)  # float runs of single layers follow
+    set_mode(model, QuantMode.FLOAT)
+    for variant in args.variants:
+        tables = variant_tables(variant, model, layers, calib, search, args.g_avg)
+        allocations[variant] = allocate_groups(layers, tables, args.g_avg).groups
+    set_mode(model, QuantMode.QUANTIZED)
+    set_quant_state(model, QuantState.READY)
+    with float_run(model):
+        predictor = build_predictor(model, evals, reuse_prefix=False)
+        reference = [r.clone() for r in predictor.predict(None)]
+    results = {}
+    for name, allocation in allocations.items():
+        for layer, groups in allocation.items():
+            layers[layer].set_groups(groups)
+        results[name] = dict(kl=per_image_kl(predictor, reference), allocation=allocation)
+    return results
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='mask-rcnn',
-                        choices=sorted(DET.models) + sorted(SEG.models))
-    parser.add_argument('--data', help='dataset root (default: the task\'s generated one)')
+                        choices=sorted(m for task in TASKS.values() for m in task.models))
+    parser.add_argument('--data', help="dataset root (default: the model's demo dataset)")
     parser.add_argument('--split', default='train')
     parser.add_argument('--bits', type=int, default=4)
     parser.add_argument('--g-avg', type=int, default=8)
     parser.add_argument('--bounds', default='envelope')
-    parser.add_argument('--eval-images', type=int, default=16)
     parser.add_argument('--calib-index', type=int, nargs='+', default=[0],
-                        help='calibration images to repeat the study with (each alone); the '
-                             'held-out images follow the largest index')
+                        help='calibration images, each used alone')
+    parser.add_argument('--eval-images', type=int, default=16,
+                        help='held-out images, after the largest calibration index')
     parser.add_argument('--search-images', type=int, default=4,
-                        help='held-out images of the "other images" sensitivity variant')
-    parser.add_argument('--variants', nargs='+',
-                        default=['calib', 'others', 'context'])
+                        help='images of the "others" variant, after the held-out ones')
+    parser.add_argument('--variants', nargs='+', default=['calib'], choices=VARIANTS)
     parser.add_argument('--out', default='work_dirs/allocation_study')
     args = parser.parse_args(argv)
     task = task_of(args.model)
-    model_spec = task.models[args.model]
+    spec = task.models[args.model]
     root = (args.data or task.default_data).rstrip('/') + '/'
     options = dict(task.split_options(root, args.split))
     options.update({'log_level': 'WARNING', 'model.backbone.quant.method': 'igq',
@@ -119,86 +151,37 @@ def main(argv=None) -> int:
                     'model.backbone.quant.a_bits': args.bits,
                     'model.backbone.quant.groups': args.g_avg,
                     'model.backbone.quant.bounds': args.bounds})
-    cfg = load_config(model_spec.quant_config, options)
     os.makedirs(args.out, exist_ok=True)
-    runner = _prepared_runner(cfg, model_spec.checkpoint, osp.join(args.out, 'runs'))
+    runner = _prepared_runner(load_config(spec.quant_config, options), spec.checkpoint,
+                              osp.join(args.out, 'runs'))
     model = runner.model
-    n_eval, n_search = args.eval_images, args.search_images
     first = max(args.calib_index) + 1
-    batches = take_calibration_batches(runner.test_dataloader, first + n_eval + n_search, model)
-    evals, search = batches[first:first + n_eval], batches[first + n_eval:]
+    batches = take_calibration_batches(runner.test_dataloader,
+                                       first + args.eval_images + args.search_images, model)
+    evals = batches[first:first + args.eval_images]
+    search = batches[first + args.eval_images:]
     summary = {}
     for index in args.calib_index:
-        summary[index] = study(model, [batches[index]], evals, search, args, parser)
-    print(f'W{args.bits}/A{args.bits} G_avg {args.g_avg} bounds {args.bounds}: mean KL on '
-          f'{n_eval} held-out {args.split} images, calibration image(s) {args.calib_index}')
-    names = list(next(iter(summary.values())))
-    for name in names:
+        results = study(model, [batches[index]], evals, search, args)
+        base = results['igq-fixed']['kl']
+        for name, result in results.items():
+            kl = result['kl']
+            wins = sum(v < b for v, b in zip(kl, base))
+            print(f'calibration image {index}: {name:9s} kl {sum(kl) / len(kl):.6f}, below '
+                  f'igq-fixed on {wins}/{len(kl)} held-out images', flush=True)
+        summary[index] = {name: sum(r['kl']) / len(r['kl']) for name, r in results.items()}
+        with open(osp.join(args.out, f'study_w{args.bits}_calib{index}.json'), 'w') as f:
+            json.dump(results, f, indent=1)
+    print(f'W{args.bits}/A{args.bits} G_avg {args.g_avg}, bounds {args.bounds}: mean kl on '
+          f'{args.eval_images} held-out {args.split} images, calibration images '
+          f'{args.calib_index}')
+    for name in summary[args.calib_index[0]]:
         values = [summary[i][name] for i in args.calib_index]
-        print(f'  {name:10s} ' + ' '.join(f'{v:.6f}' for v in values) +
-              f'  mean {sum(values) / len(values):.6f}', flush=True)
+        print(f'  {name:9s} ' + ' '.join(f'{v:.6f}' for v in values) +
+              f'  mean {sum(values) / len(values):.6f}')
+    with open(osp.join(args.out, f'summary_w{args.bits}.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
     return 0
-
-
-def study(model, calib, evals, search, args, parser):
-    n_eval = len(evals)
-    start = time.perf_counter()
-    report = calibrate_mm_model(model, calib, progress=None)
-    print(f'calibrated in {time.perf_counter() - start:.1f} s', flush=True)
-    layers = igq_quantizers(model)
-    with float_run(model):
-        eval_predictor = build_predictor(model, evals, reuse_prefix=False)
-        reference = [r.clone() for r in eval_predictor.predict(None)]
-    results, allocations = {}, {}
-    costs = model_costs(layers)
-    fixed = {name: reference_groups(costs[name], args.g_avg) for name in layers}
-    allocations['igq-fixed'] = fixed
-    allocations['calib'] = dict(report.allocation)
-    tables = {}
-    set_quant_state(model, QuantState.CALIBRATING)
-    for variant in args.variants:
-        if variant == 'calib':
-            continue
-        start = time.perf_counter()
-        set_mode(model, QuantMode.FLOAT)
-        if variant == 'others':
-            with float_run(model):
-                predictor = build_predictor(model, search)
-            tables[variant] = sensitivity_tables(model, layers, predictor)
-        elif variant in ('flip', 'augment'):
-            views = augmented_views(calib[0])
-            views = views[:2] if variant == 'flip' else views
-            with float_run(model):
-                predictor = build_predictor(model, views)
-            tables[variant] = sensitivity_tables(model, layers, predictor)
-        elif variant == 'monotone':
-            with float_run(model):
-                predictor = build_predictor(model, calib)
-            tables[variant] = monotone(sensitivity_tables(model, layers, predictor))
-        elif variant == 'context':
-            with float_run(model):
-                predictor = build_predictor(model, calib, reuse_prefix=False)
-                ref = [r.clone() for r in predictor.predict(None)]
-            tables[variant] = context_tables(model, layers, predictor, ref, args.g_avg)
-        else:
-            parser.error(f'unknown variant {variant}')
-        allocations[variant] = allocate_groups(layers, tables[variant], args.g_avg).groups
-        print(f'{variant}: tables in {time.perf_counter() - start:.1f} s', flush=True)
-    set_mode(model, QuantMode.QUANTIZED)
-    set_quant_state(model, QuantState.READY)
-    for name, allocation in allocations.items():
-        for layer, groups in allocation.items():
-            layers[layer].set_groups(groups)
-        results[name] = per_image_kl(model, eval_predictor, reference)
-    base = results['igq-fixed']
-    for name, values in results.items():
-        wins = sum(v < b for v, b in zip(values, base))
-        changed = sum(allocations[name][k] != fixed[k] for k in fixed)
-        print(f'  {name:10s} kl {sum(values) / len(values):.6f}  better than igq-fixed on '
-              f'{wins}/{len(values)} images; {changed} layers not at G_avg', flush=True)
-    with open(osp.join(args.out, f'study_w{args.bits}_calib{id(calib)}.json'), 'w') as f:
-        json.dump(dict(results=results, allocations=allocations, tables=tables), f, indent=1)
-    return {name: sum(v) / len(v) for name, v in results.items()}
 
 
 if __name__ == '__main__':
