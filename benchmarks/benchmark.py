@@ -14,8 +14,11 @@ Parts (``--parts``, default all):
 - ``inference``: seconds per image of ``model(..., mode='predict')`` for float,
   per-tensor, static-group (G=8), igq-fixed (G=8, G=16) and upper-bound; ratio to float.
 - ``quantizers``: elements/second of the activation quantizers alone on Swin-T's
-  token x channel and windowed-attention shapes: IGQ (G=8), the plugin's
-  per-tensor quantizer and ``torch.fake_quantize_per_tensor_affine``.
+  token x channel and windowed-attention shapes: IGQ (G=8), the plugin's per-tensor,
+  static-group (G=8) and upper-bound quantizers, each with its compiled run-time path
+  (:mod:`igq_plugin.quant.compiled`) and eager, and
+  ``torch.fake_quantize_per_tensor_affine``; plus each one's first call (which compiles
+  a layout not seen before) and a cached call.
 - ``calibration``: wall seconds of calibration + group-size allocation
   (``method='igq'``, G_avg=8, 1 image), by phase, and in float forwards.
 - ``memory``: peak resident memory (and CUDA peak allocation) of float vs igq-fixed
@@ -62,7 +65,8 @@ from igq_plugin.mm import calibrate_mm_model, quantize_mm_model
 from igq_plugin.mm import calibration as mm_calibration_module
 from igq_plugin.nn import igq_quantizers
 from igq_plugin.quant import (ActivationQuantizer, IGQQuantizer, PerTensorQuantizer, QuantMode,
-                              qmax, qparams_from_bounds, quant_mode)
+                              StaticGroupQuantizer, UpperBoundQuantizer, compiled, qmax,
+                              qparams_from_bounds, quant_mode)
 
 CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 PARTS = ('inference', 'quantizers', 'calibration', 'memory')
@@ -106,6 +110,11 @@ CALIBRATION_VARIANT = Variant('igq G_avg=8', quantized('igq', 8))
 MM_CALIBRATION_PHASES = ('build_predictor',)
 CORE_CALIBRATION_PHASES = ('finalize_calibration', 'sensitivity_tables', 'allocate_groups')
 CALIBRATION_PHASES = MM_CALIBRATION_PHASES + CORE_CALIBRATION_PHASES
+# the quantizers part: label -> the quantizer's name in igq_plugin.quant.compiled; each
+# is timed with its compiled path (the label) and eager (the label + EAGER)
+QUANTIZER_LABELS = {'igq G=8': 'igq', 'per-tensor': 'per-tensor',
+                    'static-group G=8': 'static-group', 'upper-bound': 'upper-bound'}
+EAGER = ' eager'
 
 
 # -- arguments ---------------------------------------------------------------------------
@@ -458,24 +467,59 @@ def calibrated(quantizer: ActivationQuantizer, x: torch.Tensor) -> ActivationQua
 
 def quantizer_candidates(kind: str, channels: int | None, x: torch.Tensor
                          ) -> dict[str, Callable[[], torch.Tensor]]:
-    """The three fake-quantizers compared, each calibrated on ``x``, as closures."""
+    """The fake-quantizers compared, each calibrated on ``x``, as closures: every label
+    of :data:`QUANTIZER_LABELS` compiled and eager, and torch's per-tensor quantizer."""
     device = x.device
-    # G=8 only: other candidates would only lengthen calibration, not the run-time path
-    igq = calibrated(IGQQuantizer(BITS, channels, kind, groups=8, candidates=(8,)).to(device), x)
-    per_tensor = calibrated(PerTensorQuantizer(BITS, channels, kind).to(device), x)
+    quantizers = {
+        # G=8 only: other candidates would only lengthen calibration, not the run-time path
+        'igq G=8': IGQQuantizer(BITS, channels, kind, groups=8, candidates=(8,)),
+        'per-tensor': PerTensorQuantizer(BITS, channels, kind),
+        'static-group G=8': StaticGroupQuantizer(BITS, channels, kind, groups=8),
+        'upper-bound': UpperBoundQuantizer(BITS, channels, kind),
+    }
     lower, upper = torch.aminmax(x)
     scale, zero = qparams_from_bounds(lower, upper, BITS)
     scale, zero = float(scale), int(zero)
-    return {
-        'igq G=8': lambda: igq(x),
-        'per-tensor': lambda: per_tensor(x),
-        'torch per-tensor': lambda: torch.fake_quantize_per_tensor_affine(
-            x, scale, zero, 0, qmax(BITS)),
-    }
+    fns = {}
+    for label, quantizer in quantizers.items():
+        quantizer = calibrated(quantizer.to(device), x)
+        fns[label] = functools.partial(call_quantizer, quantizer, x, True)
+        fns[label + EAGER] = functools.partial(call_quantizer, quantizer, x, False)
+    fns['torch per-tensor'] = lambda: torch.fake_quantize_per_tensor_affine(
+        x, scale, zero, 0, qmax(BITS))
+    return fns
+
+
+def call_quantizer(quantizer: ActivationQuantizer, x: torch.Tensor,
+                   compile_paths: bool) -> torch.Tensor:
+    """``quantizer(x)`` with the compiled paths switched on or off."""
+    with compiled.compiling(compile_paths):
+        return quantizer(x)
+
+
+def first_calls(fns: dict[str, Callable[[], object]], device: torch.device) -> dict[str, dict]:
+    """Seconds of the first and the second call of every ``fns[name]()``, and the graphs
+    ``torch.compile`` built during them (a layout's first call compiles it; the second
+    call, and later shapes of that layout, use the cached kernel)."""
+    from torch._dynamo.utils import counters  # loaded with torch.compile anyway
+    calls = {}
+    for name, fn in fns.items():
+        graphs = counters['stats']['unique_graphs']
+        seconds = []
+        for _ in range(2):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+        calls[name] = dict(first_call_seconds=seconds[0], cached_call_seconds=seconds[1],
+                           graphs_compiled=counters['stats']['unique_graphs'] - graphs)
+    return calls
 
 
 def run_quantizers(args: argparse.Namespace, device: torch.device) -> dict:
-    """Elements per second of each quantizer on each Swin-T activation shape."""
+    """Elements per second of each quantizer, compiled and eager, on each Swin-T
+    activation shape; first-call (compile) and cached-call seconds."""
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for spec in swin_t_shapes(args.image_size):
@@ -485,16 +529,29 @@ def run_quantizers(args: argparse.Namespace, device: torch.device) -> dict:
         row = dict(name=spec['name'], kind=spec['kind'], shape=list(spec['shape']),
                    elements=x.numel())
         with torch.no_grad():
-            timed = seconds_per_call(quantizer_candidates(spec['kind'], channels, x), device,
-                                     args.min_time)
+            fns = quantizer_candidates(spec['kind'], channels, x)
+            first = first_calls(fns, device)
+            timed = seconds_per_call(fns, device, args.min_time)
+            with compiled.compiling(True):  # as the timed calls of the labels
+                paths = {label: compiled.use_compiled(name, x) for label, name in
+                         QUANTIZER_LABELS.items()}
         for label, seconds in timed.items():
-            row[label] = dict(seconds=seconds, elements_per_second=x.numel() / seconds)
+            row[label] = dict(seconds=seconds, elements_per_second=x.numel() / seconds,
+                              **first[label])
+            if label in paths:
+                row[label]['compiled_path'] = paths[label]
         row['igq_over_per_tensor'] = (row['igq G=8']['elements_per_second']
                                       / row['per-tensor']['elements_per_second'])
+        row['compiled_over_eager'] = {label: row[label + EAGER]['seconds'] / row[label]['seconds']
+                                      for label in QUANTIZER_LABELS}
         rows.append(row)
         del x
         release(device)
-    return dict(image_size=list(args.image_size), bits=BITS, min_time=args.min_time, rows=rows)
+    return dict(image_size=list(args.image_size), bits=BITS, min_time=args.min_time,
+                compile=dict(enabled=compiled.compile_enabled(),
+                             devices=sorted(compiled.COMPILED_DEVICES),
+                             min_elements=compiled.MIN_COMPILED_ELEMENTS),
+                rows=rows)
 
 
 # -- part 3: calibration and allocation --------------------------------------------------
@@ -725,12 +782,21 @@ def markdown(results: dict) -> str:
                          r['detections_per_image'], r['calib_seconds']) for r in part['rows']])]
     if 'quantizers' in results:
         part = results['quantizers']
-        labels = ('igq G=8', 'per-tensor', 'torch per-tensor')
-        out += ['', '## Activation quantizers alone (Melements/s)',
-                _table(['shape', 'elements'] + list(labels) + ['igq / per-tensor'],
+        labels = [label + suffix for label in QUANTIZER_LABELS for suffix in ('', EAGER)]
+        labels.append('torch per-tensor')
+        out += ['', '## Activation quantizers alone (Melements/s; compiled, then eager)',
+                _table(['shape', 'elements'] + labels + ['igq / per-tensor'],
                        [[f'{r["name"]} {tuple(r["shape"])}', r['elements']]
                         + [r[k]['elements_per_second'] / 1e6 for k in labels]
-                        + [r['igq_over_per_tensor']] for r in part['rows']])]
+                        + [r['igq_over_per_tensor']] for r in part['rows']]),
+                '', '### First call (compiles a new layout) and cached call, ms; graphs built',
+                _table(['shape'] + [f'{label} {unit}' for label in QUANTIZER_LABELS
+                                    for unit in ('first', 'cached')] + ['graphs'],
+                       [[f'{r["name"]} {tuple(r["shape"])}']
+                        + [r[label][key] * 1e3 for label in QUANTIZER_LABELS
+                           for key in ('first_call_seconds', 'cached_call_seconds')]
+                        + [sum(r[label]['graphs_compiled'] for label in QUANTIZER_LABELS)]
+                        for r in part['rows']])]
     if 'calibration' in results:
         part = results['calibration']
         first = part['runs'][0]

@@ -78,6 +78,16 @@ def test_quantizers_part_writes_json_and_markdown(bench, tmp_path, capsys):
         for label in ('igq G=8', 'per-tensor', 'torch per-tensor'):
             assert row[label]['elements_per_second'] > 0
         assert row['igq_over_per_tensor'] > 0
+        for label in bench.QUANTIZER_LABELS:  # compiled and eager, side by side
+            for timed in (row[label], row[label + bench.EAGER]):
+                assert timed['elements_per_second'] > 0
+                assert timed['first_call_seconds'] > 0 and timed['cached_call_seconds'] > 0
+                assert timed['graphs_compiled'] >= 0
+            # a 32x64 image gives tensors below the compiled paths' minimum size
+            assert row[label]['compiled_path'] is False
+            assert row['compiled_over_eager'][label] > 0
+    assert results['quantizers']['compile']['min_elements'] > 0
     table = (tmp_path / 'bench' / 'benchmark.md').read_text()
     assert '## Activation quantizers alone' in table
+    assert '### First call (compiles a new layout) and cached call' in table
     assert table in capsys.readouterr().out

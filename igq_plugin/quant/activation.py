@@ -29,6 +29,7 @@ from ..grouping.bounds import (MAX_HIST_ITEMS, ItemHistograms, item_histograms,
                                minimum_error_bounds)
 from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
                                split_instances)
+from . import compiled
 from .mode import ModeSwitchMixin, QuantMode
 from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams_from_bounds
 
@@ -185,21 +186,30 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         return torch.zeros_like(upper), upper
 
     def _fake_quantize_items(self, x: torch.Tensor, scale: torch.Tensor,
-                             zero: torch.Tensor) -> torch.Tensor:
+                             zero: torch.Tensor, quantizer: str | None = None) -> torch.Tensor:
         """Fake-quantize with per-item parameters as returned by :meth:`_item_ranges`.
 
         The zero points must come from :func:`qparams_from_bounds` (integers).
 
         The parameters (or a 0-dim one shared by every item) are broadcast against a
-        view of ``x`` (no copy of ``x``); the result has the shape of ``x``.
+        view of ``x`` (no copy of ``x``); the result has the shape of ``x``. With
+        ``quantizer`` named, its compiled path runs where it applies
+        (:func:`compiled.use_compiled`), with the same result.
         """
+        fast = (quantizer is not None and scale.dim() > 0
+                and compiled.use_compiled(quantizer, x, scale, zero))
         if self.kind == 'channel':
             view, _ = split_instances(x, self.channel_dim, self.num_instances)
+            if fast:
+                return compiled.fake_quantize_instances(view, scale, zero, self.bits,
+                                                        self.channel_dim).reshape(x.shape)
             out = fake_quantize(view, *(p if p.dim() == 0 else
                                         instance_param_view(p, view, self.channel_dim)
                                         for p in (scale, zero)), self.bits,
                                 integer_zero_point=True)
             return out.reshape(x.shape)
+        if fast:
+            return compiled.fake_quantize_rows(x, scale, zero, self.bits)
         return fake_quantize(x, *(p if p.dim() == 0 else row_param_view(p, x)
                                   for p in (scale, zero)), self.bits, integer_zero_point=True)
 
@@ -253,6 +263,8 @@ class PerTensorQuantizer(_MinMaxStatistics):
         self.upper.copy_(self.running_max.squeeze())
 
     def quantize(self, x):
+        if compiled.use_compiled('per-tensor', x, self.lower, self.upper):
+            return compiled.fake_quantize_bounds(x, self.lower, self.upper, self.bits)
         return fake_quantize_bounds(x, self.lower, self.upper, self.bits)
 
 
@@ -296,6 +308,8 @@ class StaticGroupQuantizer(_MinMaxStatistics):
         shape = self._channel_shape() if self.kind == 'channel' else ()
         lower = self.channel_lower.view(shape) if shape else self.channel_lower.squeeze()
         upper = self.channel_upper.view(shape) if shape else self.channel_upper.squeeze()
+        if compiled.use_compiled('static-group', x, lower, upper):
+            return compiled.fake_quantize_bounds(x, lower, upper, self.bits)
         return fake_quantize_bounds(x, lower, upper, self.bits)
 
     @classmethod
@@ -565,7 +579,7 @@ class IGQQuantizer(ActivationQuantizer):
         scale = scale.index_select(0, flat).view(index.shape)
         if zero.dim():
             zero = zero.index_select(0, flat).view(index.shape)
-        return self._fake_quantize_items(x, scale, zero)
+        return self._fake_quantize_items(x, scale, zero, 'igq')
 
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '
@@ -592,7 +606,7 @@ class UpperBoundQuantizer(ActivationQuantizer):
     def quantize(self, x):
         lower, upper = self._item_ranges(x)
         scale, zero = qparams_from_bounds(lower, upper, self.bits)
-        return self._fake_quantize_items(x, scale, zero)
+        return self._fake_quantize_items(x, scale, zero, 'upper-bound')
 
 
 class FixedRangeQuantizer(ActivationQuantizer):
