@@ -138,7 +138,8 @@ def run_demo(settings: DemoSettings) -> list[dict]:
     out = output_dir(settings)
     os.makedirs(out, exist_ok=True)
     options = dict(task.data_options(data.rstrip('/') + '/'), log_level='WARNING',
-                   **PROTOCOLS[settings.protocol], **settings.extra)
+                   **settings.extra)
+    quant_options = dict(options, **PROTOCOLS[settings.protocol])  # the float run has none
     records, allocations, macs = [], {}, 0
     for bits in settings.bits:
         for method in settings.methods:
@@ -146,7 +147,7 @@ def run_demo(settings: DemoSettings) -> list[dict]:
                      'model.backbone.quant.a_bits': bits,
                      'model.backbone.quant.groups': settings.g_avg,
                      'custom_hooks.0.num_images': settings.calib_images}
-            cfg = load_config(model.quant_config, dict(options, **quant))
+            cfg = load_config(model.quant_config, dict(quant_options, **quant))
             result = run_test(cfg, checkpoint, osp.join(out, 'runs', f'{method}_w{bits}a{bits}'),
                               fidelity_images=(settings.calib_images, settings.fidelity_images))
             macs = macs or result.report.macs
@@ -164,7 +165,8 @@ def run_demo(settings: DemoSettings) -> list[dict]:
                               osp.join(out, 'groups_per_layer.png'), settings.g_avg,
                               f'Chosen G per layer (igq), G_avg = {settings.g_avg}')
     ranges = channel_range_statistics(
-        load_config(model.quant_config, dict(options, **{'model.backbone.quant.method': 'igq'})),
+        load_config(model.quant_config, dict(quant_options,
+                                             **{'model.backbone.quant.method': 'igq'})),
         checkpoint, osp.join(out, 'runs', 'variation'), settings.variation_images)
     plot_channel_ranges(ranges, osp.join(out, 'channel_range_variation.png'),
                         min(settings.variation_images, task.count_val(data)))

@@ -45,6 +45,15 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
             assert record['kl'] >= 0 and 0 < record['feat_err'] < 10
     for name in ('results.md', 'ap_by_method.png', 'channel_range_variation.png'):
         assert osp.getsize(osp.join(out, name)) > 0
+    # the full-detector protocol: quantized runs with RPN and RoI heads, the float run as is
+    assert demo.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
+                      '--methods', 'igq-fixed', '--bits', '4', '--fidelity-images', '2',
+                      '--protocol', 'full']) == 0
+    full = json.load(open(osp.join(out, 'full', 'results.json')))
+    assert [r['method'] for r in full] == ['float', 'igq-fixed']
+    assert full[0]['bbox_mAP'] == records[0]['bbox_mAP']  # the same float model
+    assert full[1]['gbops'] > records[2]['gbops']  # the heads' operations are quantized too
+    assert 'RPN and RoI heads' in open(osp.join(out, 'full', 'results.md')).readline()
     ranges = json.load(open(osp.join(out, 'channel_ranges.json')))
     assert set(ranges) == {'variation', 'spread'} and ranges['variation']
     assert set(ranges['spread']) == set(ranges['variation'])
