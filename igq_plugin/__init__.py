@@ -13,10 +13,10 @@ from .calibration import (CalibrationReport, ClassifierPredictor, calibrate_mode
                           check_quantized)
 from .nn import (QuantConfig, QuantizationRecord, QuantState, float_run, quantization_record,
                  quantize_model)
-from .search import SensitivityPredictor
+from .search import FisherPredictor, SensitivityPredictor
 
 __version__ = "0.1.0"
 
 __all__ = ['CalibrationReport', 'ClassifierPredictor', 'calibrate_model', 'check_quantized',
            'QuantConfig', 'QuantizationRecord', 'QuantState', 'float_run',
-           'quantization_record', 'quantize_model', 'SensitivityPredictor']
+           'quantization_record', 'quantize_model', 'SensitivityPredictor', 'FisherPredictor']

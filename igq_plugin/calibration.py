@@ -24,7 +24,9 @@ from .nn import (QuantState, activation_quantizers, finalize_calibration, float_
                  igq_quantizers, require_record, restore_folds, set_quant_state)
 from .quant import QuantMode, quant_mode, set_mode
 from .report import layer_rows
-from .search import SensitivityPredictor, allocate_groups, sensitivity_tables, total_bops
+from .search import (DEFAULT_FISHER_SAMPLES, FisherPredictor, SensitivityPredictor,
+                     allocate_groups, check_sensitivity, fisher_tables, sensitivity_tables,
+                     total_bops)
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -43,6 +45,7 @@ class CalibrationReport:
     budget_gbops: float | None = None  # of the allocated (IGQ) layers
     allocated_gbops: float | None = None  # the same layers with the chosen G
     macs: int = 0  # multiply-accumulates of the quantized operations (last image)
+    sensitivity: str | None = None  # igq: the estimator of the sensitivity tables
 
 
 class ClassifierPredictor:
@@ -64,6 +67,12 @@ class ClassifierPredictor:
             return [F.softmax(self.forward(self.model, batch).float(), dim=-1)
                     for batch in self.batches]
 
+    def log_probs(self) -> Iterator[torch.Tensor]:
+        """One differentiable ``[B, K]`` log-probability tensor per batch, lazily (for
+        ``sensitivity='fisher'``, :class:`~igq_plugin.search.FisherPredictor`)."""
+        for batch in self.batches:
+            yield F.log_softmax(self.forward(self.model, batch).float(), dim=-1)
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -84,7 +93,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, *,
                     predictor: SensitivityPredictor | None = None,
-                    progress: Callable[[int], Any] | None = None) -> CalibrationReport:
+                    progress: Callable[[int], Any] | None = None,
+                    sensitivity: str = 'exact',
+                    fisher_samples: int = DEFAULT_FISHER_SAMPLES) -> CalibrationReport:
     """Calibrate every quantizer of a converted model; for ``method='igq'`` also run the
     sensitivity search and the group-size allocation under the BOP budget.
 
@@ -97,17 +108,28 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
             ``method='igq'`` (e.g. :class:`ClassifierPredictor`), unused otherwise.
         progress: factory ``progress(steps)`` of an object with ``update()`` (e.g.
             mmengine's ``ProgressBar``), for the search; ``None``: silent.
+        sensitivity: estimator of the sensitivity tables for ``method='igq'``:
+            ``'exact'`` (one partial forward per layer and candidate G,
+            :func:`~igq_plugin.search.sensitivity_tables`) or ``'fisher'`` (the
+            diagonal-Fisher second-order estimate from one forward and
+            ``fisher_samples`` backward passes per image,
+            :func:`~igq_plugin.search.fisher_tables`; the predictor must be a
+            :class:`~igq_plugin.search.FisherPredictor`).
+        fisher_samples: labels drawn per item for ``'fisher'`` (backward passes).
 
     Returns:
         A :class:`CalibrationReport`; the model is left ``READY``, in quantized mode.
 
     Raises:
-        TypeError: the model was not converted, or ``predictor`` has no ``predict``.
-        ValueError: no batches, or ``method='igq'`` without a predictor (both before
-            any forward), or non-finite activations during calibration.
+        TypeError: the model was not converted, ``predictor`` has no ``predict``, or
+            no ``log_probs`` for ``sensitivity='fisher'``.
+        ValueError: no batches, ``method='igq'`` without a predictor, or a bad
+            ``sensitivity`` / ``fisher_samples`` (all before any forward), or
+            non-finite activations during calibration.
     """
     record = require_record(model)
     config = record.config
+    sensitivity, fisher_samples = check_sensitivity(sensitivity, fisher_samples)
     if not batches:
         raise ValueError('empty calibration set: need at least 1 calibration batch')
     if config.method == 'igq' and predictor is None:
@@ -117,15 +139,22 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
     if predictor is not None and not isinstance(predictor, SensitivityPredictor):
         raise TypeError(f'predictor must have predict(layer) -> list of probabilities; got '
                         f'{type(predictor).__name__}')
+    if config.method == 'igq' and sensitivity == 'fisher' and \
+            not isinstance(predictor, FisherPredictor):
+        raise TypeError(f"sensitivity='fisher' needs a predictor with log_probs() "
+                        f'(differentiable log-probabilities, igq_plugin.FisherPredictor); '
+                        f'{type(predictor).__name__} has none: use sensitivity=\'exact\'')
     start = time.perf_counter()
     with eval_mode(model):
-        report = _calibrate(model, config, batches, forward, predictor, progress)
+        report = _calibrate(model, config, batches, forward, predictor, progress,
+                            sensitivity, fisher_samples)
     report.seconds = time.perf_counter() - start
     release_freed_memory()
     return report
 
 
-def _calibrate(model, config, batches, forward, predictor, progress) -> CalibrationReport:
+def _calibrate(model, config, batches, forward, predictor, progress, sensitivity,
+               fisher_samples) -> CalibrationReport:
     set_quant_state(model, QuantState.CALIBRATING)
     restore_folds(model)  # a new calibration observes the float weights
     with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
@@ -134,17 +163,24 @@ def _calibrate(model, config, batches, forward, predictor, progress) -> Calibrat
     finalize_calibration(model)
     quantizers = activation_quantizers(model)
     report = CalibrationReport(config.method, len(batches), 0.0, 0.0)
-    sensitivity = None
+    tables = None
     if config.method == 'igq':
         layers = igq_quantizers(model)
-        steps = sum(len(q.candidates) for q in layers.values())
+        report.sensitivity = sensitivity
+        if sensitivity == 'fisher':  # one step per calibration image
+            steps = len(batches)
+        else:  # one step per (layer, candidate)
+            steps = sum(len(q.candidates) for q in layers.values())
         bar = progress(steps) if progress is not None else None
-        sensitivity = sensitivity_tables(model, layers, predictor,
-                                         on_step=bar.update if bar is not None else None)
+        on_step = bar.update if bar is not None else None
+        if sensitivity == 'fisher':
+            tables = fisher_tables(model, layers, predictor, fisher_samples, on_step=on_step)
+        else:
+            tables = sensitivity_tables(model, layers, predictor, on_step=on_step)
         if bar is not None and hasattr(bar, 'file'):
             bar.file.write('\n')  # the bar's last update ends without a newline
             bar.file.flush()
-        result = allocate_groups(layers, sensitivity, g_avg=config.groups)
+        result = allocate_groups(layers, tables, g_avg=config.groups)
         report.allocation = result.groups
         report.unmeasured = result.unmeasured
         report.budget_gbops = result.budget / 1e9
@@ -152,7 +188,7 @@ def _calibrate(model, config, batches, forward, predictor, progress) -> Calibrat
     set_mode(model, QuantMode.QUANTIZED)
     set_quant_state(model, QuantState.READY)
     report.gbops = total_bops(quantizers) / 1e9
-    report.rows = layer_rows(quantizers, sensitivity)
+    report.rows = layer_rows(quantizers, tables)
     report.macs = sum(q.op_cost.macs for q in quantizers.values() if q.op_cost is not None)
     return report
 

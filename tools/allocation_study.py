@@ -16,10 +16,17 @@ Variants of the sensitivity search:
   flip     on the calibration image and its horizontal flip;
   augment  on the image, its flip and two rescaled copies (-/+ 32 px);
   others   on --search-images other images of the split;
-  context  on the calibration image with every other layer quantized at G_avg.
+  context  on the calibration image with every other layer quantized at G_avg;
+  fisher   on the calibration image, the diagonal-Fisher estimate of the calib
+           tables (--fisher-samples label draws per item).
+
+For every variant other than calib (when calib runs too) it also prints the agreement
+with calib's tables (mean Spearman rank correlation over the candidates, per layer kind,
+on the layers calib measures) and the layers it allocates another G, and for every
+variant the seconds of its search, also in float forwards of the calibration image.
 
     python tools/allocation_study.py --model mask-rcnn --bits 4 --eval-images 48 \\
-        --calib-index 0 1 2 3 4 5 --variants calib
+        --calib-index 0 1 2 3 4 5 --variants calib fisher
 """
 import argparse
 import copy
@@ -27,21 +34,24 @@ import json
 import os
 import os.path as osp
 import sys
+import time
+from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 
 from igq_demo.tasks import TASKS, task_of
-from igq_plugin.mm.calibration import calibrate_mm_model, take_calibration_batches
+from igq_plugin.mm.calibration import (calibrate_mm_model, predict_forward,
+                                       take_calibration_batches)
 from igq_plugin.mm.evaluation import _prepared_runner, load_config
 from igq_plugin.mm.predictors import build_predictor
 from igq_plugin.nn import QuantState, float_run, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode, set_mode
-from igq_plugin.search import (allocate_groups, kl_divergence, model_costs,
-                               sensitivity_tables)
+from igq_plugin.search import (DEFAULT_FISHER_SAMPLES, allocate_groups, check_sensitivity,
+                               fisher_tables, kl_divergence, model_costs, sensitivity_tables)
 from igq_plugin.search.bops import reference_groups
 
-VARIANTS = ('calib', 'flip', 'augment', 'others', 'context')
+VARIANTS = ('calib', 'flip', 'augment', 'others', 'context', 'fisher')
 
 
 def augmented_views(batch: dict) -> list[dict]:
@@ -85,12 +95,16 @@ def context_tables(model, layers, predictor, g_avg):
     return tables
 
 
-def variant_tables(variant, model, layers, calib, search, g_avg):
+def variant_tables(variant, model, layers, calib, search, args):
     """The sensitivity tables of one search variant (the model in ``CALIBRATING``)."""
+    if variant == 'fisher':
+        with float_run(model):
+            predictor = build_predictor(model, calib)
+        return fisher_tables(model, layers, predictor, args.fisher_samples)
     if variant == 'context':
         with float_run(model):
             predictor = build_predictor(model, calib, reuse_prefix=False)
-        return context_tables(model, layers, predictor, g_avg)
+        return context_tables(model, layers, predictor, args.g_avg)
     images = {'calib': calib, 'flip': augmented_views(calib[0])[:2],
               'augment': augmented_views(calib[0]), 'others': search}[variant]
     with float_run(model):
@@ -107,8 +121,11 @@ def study(model, calib, evals, search, args) -> dict:
     allocations = {'igq-fixed': {n: reference_groups(costs[n], args.g_avg) for n in layers}}
     set_quant_state(model, QuantState.CALIBRATING)  # float runs of single layers follow
     set_mode(model, QuantMode.FLOAT)
+    searches = {}
     for variant in args.variants:
-        tables = variant_tables(variant, model, layers, calib, search, args.g_avg)
+        start = time.perf_counter()
+        tables = variant_tables(variant, model, layers, calib, search, args)
+        searches[variant] = dict(seconds=time.perf_counter() - start, tables=tables)
         allocations[variant] = allocate_groups(layers, tables, args.g_avg).groups
     set_mode(model, QuantMode.QUANTIZED)
     set_quant_state(model, QuantState.READY)
@@ -119,8 +136,54 @@ def study(model, calib, evals, search, args) -> dict:
     for name, allocation in allocations.items():
         for layer, groups in allocation.items():
             layers[layer].set_groups(groups)
-        results[name] = dict(kl=per_image_kl(predictor, reference), allocation=allocation)
+        results[name] = dict(kl=per_image_kl(predictor, reference), allocation=allocation,
+                             **searches.get(name, {}))
     return results
+
+
+def float_forward_seconds(model, batch, repeats=3) -> float:
+    """The unit of search cost: the fastest of ``repeats`` float test forwards of ``batch``."""
+    times = []
+    with float_run(model), torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predict_forward(model, batch)
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def layer_kind(name: str) -> str:
+    """What a quantizer's layer is, for the per-kind summaries."""
+    if name.endswith('softmax.quantizer'):
+        return 'softmax'
+    if name.endswith(('_quantizer.q', '_quantizer.k', '_quantizer.v')):
+        return 'q/k/v'
+    part = name.split('.')[0]
+    for key, kind in (('qkv.input', 'qkv input'), ('in_proj_input', 'qkv input'),
+                      ('proj.input', 'attn proj input'), ('ffn.layers.0', 'ffn fc1 input'),
+                      ('ffn.layers.1', 'ffn fc2 input'), ('downsample', 'patch merging')):
+        if key in name:
+            return f'{part} {kind}'
+    return part
+
+
+def compare_tables(exact: dict, other: dict, exact_groups: dict, other_groups: dict):
+    """Per layer kind, the mean Spearman rank correlation of ``other``'s tables with
+    ``exact``'s over the candidates (layers whose exact table is not constant), and
+    the layers whose allocated G differs: ``({kind: (mean, layers)}, [layers])``."""
+    from scipy.stats import spearmanr
+    per_kind = defaultdict(list)
+    for name, table in exact.items():
+        groups = sorted(table)
+        values = [table[g] for g in groups]
+        if len(set(values)) == 1:
+            continue
+        others = [other[name][g] for g in groups]
+        rho = float('nan') if len(set(others)) == 1 else spearmanr(values, others)[0]
+        per_kind[layer_kind(name)].append(rho)
+        per_kind['all'].append(rho)
+    summary = {kind: (sum(v) / len(v), len(v)) for kind, v in per_kind.items()}
+    return summary, sorted(n for n in exact_groups if exact_groups[n] != other_groups[n])
 
 
 def main(argv=None) -> int:
@@ -140,8 +203,11 @@ def main(argv=None) -> int:
     parser.add_argument('--search-images', type=int, default=4,
                         help='images of the "others" variant, after the held-out ones')
     parser.add_argument('--variants', nargs='+', default=['calib'], choices=VARIANTS)
+    parser.add_argument('--fisher-samples', type=int, default=DEFAULT_FISHER_SAMPLES,
+                        help='label draws per item of the fisher variant')
     parser.add_argument('--out', default='work_dirs/allocation_study')
     args = parser.parse_args(argv)
+    check_sensitivity('fisher', args.fisher_samples)  # before the long set-up
     task = task_of(args.model)
     spec = task.models[args.model]
     root = (args.data or task.default_data).rstrip('/') + '/'
@@ -163,12 +229,28 @@ def main(argv=None) -> int:
     summary = {}
     for index in args.calib_index:
         results = study(model, [batches[index]], evals, search, args)
+        unit = float_forward_seconds(model, batches[index])
         base = results['igq-fixed']['kl']
         for name, result in results.items():
             kl = result['kl']
             wins = sum(v < b for v, b in zip(kl, base))
             print(f'calibration image {index}: {name:9s} kl {sum(kl) / len(kl):.6f}, below '
                   f'igq-fixed on {wins}/{len(kl)} held-out images', flush=True)
+        for name in args.variants:
+            result = results[name]
+            result['float_forward_seconds'] = unit
+            print(f'calibration image {index}: {name:9s} search {result["seconds"]:.2f} s = '
+                  f'{result["seconds"] / unit:.1f} float forwards ({unit * 1e3:.1f} ms each)')
+            if name == 'calib' or 'calib' not in results:
+                continue
+            kinds, changed = compare_tables(results['calib']['tables'], result['tables'],
+                                            results['calib']['allocation'],
+                                            result['allocation'])
+            result.update(spearman=kinds, changed=changed)
+            print(f'calibration image {index}: {name:9s} vs calib: another G in '
+                  f'{len(changed)}/{len(result["allocation"])} layers; Spearman over the '
+                  f'candidates: ' + ', '.join(f'{kind} {rho:.2f} ({count})' for kind, (rho, count)
+                                              in sorted(kinds.items())), flush=True)
         summary[index] = {name: sum(r['kl']) / len(r['kl']) for name, r in results.items()}
         with open(osp.join(args.out, f'study_w{args.bits}_calib{index}.json'), 'w') as f:
             json.dump(results, f, indent=1)

@@ -17,6 +17,7 @@ from torch import nn
 from ..calibration import CalibrationReport, calibrate_model, eval_mode
 from ..nn import float_run, require_record
 from ..report import format_table
+from ..search import DEFAULT_FISHER_SAMPLES, check_sensitivity
 from .predictors import build_predictor, check_search_rois
 
 
@@ -47,8 +48,9 @@ def predict_forward(model: nn.Module, batch: dict):
 
 def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
                        progress: Callable[[int], object] | None = ProgressBar,
-                       reuse_prefix: bool = True, search_rois: int | None = None
-                       ) -> CalibrationReport:
+                       reuse_prefix: bool = True, search_rois: int | None = None,
+                       sensitivity: str = 'exact',
+                       fisher_samples: int = DEFAULT_FISHER_SAMPLES) -> CalibrationReport:
     """Calibrate a converted mm model and, for ``method='igq'``, allocate groups.
 
     Args:
@@ -61,12 +63,16 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
             best-scored proposals; ``None`` (default) takes all of them, the
             definition in docs/method.md, section 5. See
             :class:`~.predictors.RoIClassPredictor`.
+        sensitivity: ``'exact'`` or ``'fisher'``, the estimator of the sensitivity
+            tables; ``fisher_samples``: its label draws per item (see
+            :func:`igq_plugin.calibrate_model`).
 
     Returns:
         A :class:`~igq_plugin.CalibrationReport`; the model is left in quantized mode.
     """
     config = require_record(model).config
     check_search_rois(search_rois)
+    check_sensitivity(sensitivity, fisher_samples)
     if not batches:
         raise ValueError('empty calibration set: need at least 1 calibration image')
     predictor, start = None, time.perf_counter()
@@ -75,7 +81,8 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
             with float_run(model):
                 predictor = build_predictor(model, batches, reuse_prefix, search_rois)
         report = calibrate_model(model, batches, predict_forward, predictor=predictor,
-                                 progress=progress)
+                                 progress=progress, sensitivity=sensitivity,
+                                 fisher_samples=fisher_samples)
     report.seconds = time.perf_counter() - start  # the predictor's set-up included
     return report
 
@@ -87,8 +94,10 @@ def log_report(report: CalibrationReport, logger: str = 'current') -> None:
         logger=logger)
     budget = (f'; allocated layers {report.allocated_gbops:.4f} of a budget of '
               f'{report.budget_gbops:.4f} GBOPs' if report.budget_gbops else '')
-    print_log(f'IGQ calibration: method={report.method}, {report.num_images} image(s), '
-              f'{report.seconds:.1f} s, {report.gbops:.4f} GBOPs{budget}', logger=logger)
+    search = f' ({report.sensitivity} sensitivity)' if report.sensitivity else ''
+    print_log(f'IGQ calibration: method={report.method}{search}, {report.num_images} '
+              f'image(s), {report.seconds:.1f} s, {report.gbops:.4f} GBOPs{budget}',
+              logger=logger)
     if report.unmeasured:
         print_log(f'IGQ allocation: the class distributions the search compares do not '
                   f'depend on the G of {len(report.unmeasured)} layers (e.g. '

@@ -13,6 +13,7 @@ from mmengine.registry import HOOKS
 from ..calibration import check_quantized
 from ..nn import QuantState, import_state, set_quant_state
 from ..quant import QuantMode, set_mode
+from ..search import DEFAULT_FISHER_SAMPLES, check_sensitivity
 from .calibration import calibrate_mm_model, log_report, take_calibration_batches
 from .convert import fit_float_checkpoint, mm_settings, quantize_mm_model
 from .predictors import check_predictable, check_search_rois
@@ -49,13 +50,20 @@ class IGQCalibrationHook(Hook):
             search (``method='igq'``, two-stage detectors): the float model's
             best-scored proposals. ``None`` (default): all of them, the definition
             in docs/method.md, section 5; a smaller count makes the search faster.
+        sensitivity: estimator of the allocation's sensitivity tables
+            (``method='igq'``): ``'exact'`` (default; one partial forward per layer
+            and candidate G) or ``'fisher'`` (a diagonal-Fisher estimate from one
+            forward and ``fisher_samples`` backward passes per calibration image; see
+            :func:`igq_plugin.calibrate_model`).
+        fisher_samples: labels drawn per item for ``sensitivity='fisher'``.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
                  state_file: str | None = None, save_state: bool = True,
-                 search_rois: int | None = None, **moved):
+                 search_rois: int | None = None, sensitivity: str = 'exact',
+                 fisher_samples: int = DEFAULT_FISHER_SAMPLES, **moved):
         for key in moved:
             if key not in MOVED_ARGUMENTS:
                 raise TypeError(f'IGQCalibrationHook got an unexpected argument {key!r}')
@@ -70,6 +78,11 @@ class IGQCalibrationHook(Hook):
             raise ValueError(f'IGQCalibrationHook: dataloader={dataloader!r}; allowed are '
                              f'{DATALOADERS} or a dataloader config dict')
         self.search_rois = check_search_rois(search_rois)
+        try:
+            self.sensitivity, self.fisher_samples = check_sensitivity(sensitivity,
+                                                                      fisher_samples)
+        except ValueError as error:
+            raise ValueError(f'IGQCalibrationHook: {error}') from None
         self.num_images = num_images
         self.dataloader = dataloader
         self.state_file = state_file
@@ -148,7 +161,9 @@ class IGQCalibrationHook(Hook):
         if rank == 0:
             batches = take_calibration_batches(self._dataloader(runner, evaluating),
                                                self.num_images, model)
-            self.report = calibrate_mm_model(model, batches, search_rois=self.search_rois)
+            self.report = calibrate_mm_model(model, batches, search_rois=self.search_rois,
+                                             sensitivity=self.sensitivity,
+                                             fisher_samples=self.fisher_samples)
             log_report(self.report)
             state = [fingerprinted_state(model, settings, runner.cfg.model, weights_hash,
                                          allocation=self.report.allocation)]

@@ -11,11 +11,13 @@ RoI classification branch (or the decode head) run, never the RPN. Both implemen
 :class:`~igq_plugin.search.SensitivityPredictor`: ``predict(layer)`` recomputes only
 what the named layer can change: for a Swin backbone the blocks from that layer's
 block onwards (see :mod:`.resume`), for a neck layer the neck, for a head layer the
-head.
+head. Both also implement :class:`~igq_plugin.search.FisherPredictor`: ``log_probs()``
+gives the same distributions' log-probabilities from a full differentiable forward
+(the ``'fisher'`` estimator).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +187,17 @@ class RoIClassPredictor:
                   for stage, rois in enumerate(self.stage_rois[index])]
         return scores[0] if len(scores) == 1 else sum(scores) / len(scores)
 
+    def log_probs(self) -> Iterator[torch.Tensor]:
+        """Per calibration image, differentiable ``[R_i, num_classes + 1]``
+        log-probabilities of :meth:`predict` ``(None)``'s distributions: a full
+        feature forward, then the class scores on the fixed float RoIs of every stage
+        (averaged over Cascade's stages); gradients reach every activation of the
+        backbone, neck and box heads through the pooling (the precomputed RoIAlign
+        matrices, or mmcv's RoIAlign)."""
+        for index, image in enumerate(self.features.images):
+            scores = self._scores(index, tuple(self.model.extract_feat(image)))
+            yield F.log_softmax(scores.float(), dim=-1)
+
     def predict(self, layer: str | None) -> list[torch.Tensor]:
         """One ``[R_i, num_classes + 1]`` probability tensor per calibration image when
         only ``layer`` (a module name relative to the model; ``None``: any layer) may
@@ -221,6 +234,14 @@ class PixelClassPredictor:
         self.model = model
         self.features = FloatFeatures(model, [b['inputs'] for b in batches], reuse_prefix,
                                       'decode_head.')
+
+    def log_probs(self) -> Iterator[torch.Tensor]:
+        """Per calibration image, differentiable ``[h * w, num_classes]``
+        log-probabilities of :meth:`predict` ``(None)``'s distributions (a full
+        forward of the backbone, neck and decode head)."""
+        for image in self.features.images:
+            logits = self.model.decode_head(list(self.model.extract_feat(image)))  # [1, K, h, w]
+            yield F.log_softmax(logits.float(), dim=1).flatten(2)[0].T
 
     def predict(self, layer: str | None) -> list[torch.Tensor]:
         """One ``[h * w, num_classes]`` probability tensor per calibration image when only

@@ -7,13 +7,17 @@ from .allocation import ALLOCATION_METHODS, allocation_summary, solve_allocation
 from .bops import (DEFAULT_CANDIDATES, FLOAT_OP_BOPS, LayerCost, budget_bops,
                    capped_candidates, cost_table, layer_bops)
 from .model_costs import layer_cost, model_costs, total_bops
-from .sensitivity import (SensitivityPredictor, apply_allocation, kl_divergence, mean_kl,
-                          sensitivity_tables)
+from .sensitivity import (FisherPredictor, SensitivityPredictor, apply_allocation,
+                          kl_divergence, mean_kl, sensitivity_tables)
+from .fisher import (DEFAULT_FISHER_SAMPLES, SENSITIVITY_ESTIMATORS, check_sensitivity,
+                     diagonal_fisher, fisher_tables, quadratic_kl, sampled_log_likelihood)
 
 __all__ = [
     'AllocationResult', 'allocate_groups',
     'ALLOCATION_METHODS', 'DEFAULT_CANDIDATES', 'FLOAT_OP_BOPS', 'LayerCost',
     'allocation_summary', 'budget_bops', 'capped_candidates', 'cost_table', 'layer_bops',
     'solve_allocation', 'layer_cost', 'model_costs', 'total_bops', 'apply_allocation',
-    'kl_divergence', 'mean_kl', 'sensitivity_tables', 'SensitivityPredictor'
+    'kl_divergence', 'mean_kl', 'sensitivity_tables', 'SensitivityPredictor',
+    'FisherPredictor', 'DEFAULT_FISHER_SAMPLES', 'SENSITIVITY_ESTIMATORS', 'check_sensitivity',
+    'diagonal_fisher', 'fisher_tables', 'quadratic_kl', 'sampled_log_likelihood'
 ]

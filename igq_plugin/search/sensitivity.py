@@ -9,7 +9,7 @@ free of any detection library.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -31,6 +31,26 @@ class SensitivityPredictor(Protocol):
 
     def predict(self, layer: str | None) -> Sequence[torch.Tensor]:
         ...
+
+
+@runtime_checkable
+class FisherPredictor(SensitivityPredictor, Protocol):
+    """A :class:`SensitivityPredictor` that also gives differentiable log-probabilities,
+    for the ``'fisher'`` estimator (:func:`~.fisher.fisher_tables`).
+
+    ``log_probs()`` yields, lazily and in the order of ``predict``, one ``[R_i, K]``
+    tensor of log-probabilities per calibration image: the same items and classes as
+    ``predict(None)`` (so ``exp`` of it is ``predict(None)`` up to float rounding),
+    computed with autograd on by a full forward of the model as it stands (the caller
+    puts it in float mode) that recomputes every activation a quantizer sees (no cached
+    float prefix). Yielding one image at a time lets the caller back-propagate and
+    free that image's graph before the next.
+    """
+
+    def log_probs(self) -> Iterator[torch.Tensor]:
+        ...
+
+
 # Floor for probabilities inside the log: keeps KL finite when a class gets 0.
 PROB_FLOOR = 1e-12
 
