@@ -70,6 +70,7 @@ from igq_plugin.quant import (ActivationQuantizer, IGQQuantizer, PerTensorQuanti
 
 CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 PARTS = ('inference', 'quantizers', 'calibration', 'memory')
+SEARCHES = ('fast', 'naive', 'fisher')
 BITS = 4
 PAD_DIVISOR = 32  # the config's data_preprocessor pads images to multiples of 32
 # Swin-T (mmdet's config): embed dims 96, heads per stage, window 7, MLP ratio 4
@@ -108,7 +109,9 @@ MEMORY_VARIANTS = (FLOAT, INFERENCE_VARIANTS[3])
 CALIBRATION_VARIANT = Variant('igq G_avg=8', quantized('igq', 8))
 # the calibration's callees timed by the calibration part, in call order, by module
 MM_CALIBRATION_PHASES = ('build_predictor',)
-CORE_CALIBRATION_PHASES = ('finalize_calibration', 'sensitivity_tables', 'allocate_groups')
+# sensitivity_tables: the exact search (fast / naive); fisher_tables: sensitivity='fisher'
+CORE_CALIBRATION_PHASES = ('finalize_calibration', 'sensitivity_tables', 'fisher_tables',
+                           'allocate_groups')
 CALIBRATION_PHASES = MM_CALIBRATION_PHASES + CORE_CALIBRATION_PHASES
 # the quantizers part: label -> the quantizer's name in igq_plugin.quant.compiled; each
 # is timed with its compiled path (the label) and eager (the label + EAGER)
@@ -171,9 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='evaluated image size (default: 800x1216)')
     parser.add_argument('--calib-image-size', type=image_size, default=None, metavar='HxW',
                         help='image size of the calibration part (default: --image-size)')
-    parser.add_argument('--search', nargs='+', choices=('fast', 'naive'), default=['fast'],
-                        help='sensitivity searches to time in the calibration part (naive: '
-                             'one full forward per layer and candidate; slow)')
+    parser.add_argument('--search', nargs='+', choices=SEARCHES, default=['fast'],
+                        help='sensitivity searches to time in the calibration part (fast: the '
+                             'default exact search; naive: one full forward per layer and '
+                             'candidate, slow; fisher: sensitivity=\'fisher\'); the first is '
+                             'the reference of "layers with another G"')
     parser.add_argument('--search-rois', type=positive(int), nargs='*', default=[],
                         metavar='K',
                         help='also time the fast search on only the K best-scored float '
@@ -358,10 +363,10 @@ def build_variant(variant: Variant, float_state: dict, score_thr: float,
 
 
 def calibrate(model: nn.Module, batches: list[dict], reuse_prefix: bool = True,
-              search_rois: int | None = None):
+              search_rois: int | None = None, sensitivity: str = 'exact'):
     """Calibrate as the hook does; returns the :class:`CalibrationReport`."""
     report = calibrate_mm_model(model, batches, progress=None, reuse_prefix=reuse_prefix,
-                                search_rois=search_rois)
+                                search_rois=search_rois, sensitivity=sensitivity)
     check_quantized(model)
     return report
 
@@ -587,8 +592,8 @@ def timed_callees(module, names: Sequence[str]) -> Iterator[dict[str, float]]:
 
 def calibrate_once(args: argparse.Namespace, device: torch.device, float_state: dict,
                    search: str, float_seconds: float, search_rois: int | None = None) -> dict:
-    """One calibration + allocation of the igq variant with the ``fast`` or ``naive``
-    sensitivity search (on the ``search_rois`` best float proposals, or all);
+    """One calibration + allocation of the igq variant with the ``fast``, ``naive`` or
+    ``fisher`` sensitivity search (on the ``search_rois`` best float proposals, or all);
     seconds by phase and in float forwards of one image."""
     label = search if search_rois is None else f'{search} top-{search_rois} RoIs'
     print_log(f'benchmark: calibration, {CALIBRATION_VARIANT.name}, {label} search',
@@ -598,8 +603,9 @@ def calibrate_once(args: argparse.Namespace, device: torch.device, float_state: 
     synchronize(device)
     with timed_callees(mm_calibration_module, MM_CALIBRATION_PHASES) as mm_seconds, \
             timed_callees(core_calibration_module, CORE_CALIBRATION_PHASES) as seconds:
-        report = calibrate(model, batches, reuse_prefix=search == 'fast',
-                           search_rois=search_rois)
+        report = calibrate(model, batches, reuse_prefix=search != 'naive',
+                           search_rois=search_rois,
+                           sensitivity='fisher' if search == 'fisher' else 'exact')
     seconds.update(mm_seconds)
     synchronize(device)
     layers = igq_quantizers(model)
@@ -634,16 +640,17 @@ def run_calibration(args: argparse.Namespace, device: torch.device, float_state:
     release(device)
     runs = [calibrate_once(args, device, float_state, search, float_seconds)
             for search in args.search]
-    allocations = [run['allocation'] for run in runs]
-    exact = allocations[0]
-    for rois in args.search_rois:
-        run = calibrate_once(args, device, float_state, 'fast', float_seconds, rois)
+    runs += [calibrate_once(args, device, float_state, 'fast', float_seconds, rois)
+             for rois in args.search_rois]
+    reference = runs[0]['allocation']
+    for run in runs[1:]:
         run['layers_with_other_groups'] = sum(run['allocation'][n] != g
-                                              for n, g in exact.items())
-        runs.append(run)
+                                              for n, g in reference.items())
+    exact = [run['allocation'] for run in runs
+             if run['search'] in ('fast', 'naive') and run['search_rois'] is None]
     return dict(image_size=list(size), variant=CALIBRATION_VARIANT.quant,
                 float_predict_seconds=float_seconds, runs=runs,
-                same_allocation=all(a == exact for a in allocations))
+                same_allocation=all(a == exact[0] for a in exact) if exact else None)
 
 
 # -- part 4: memory ----------------------------------------------------------------------
@@ -810,13 +817,14 @@ def markdown(results: dict) -> str:
                                   for value in (run['phases'][name]['seconds'],
                                                 run['phases'][name]['float_forwards'])]
                         for name in first['phases']])]
-        if sum(run.get('search_rois') is None for run in part['runs']) > 1:
-            out.append(f'same allocation from every search on all RoIs: '
+        exact = [run for run in part['runs'] if run['search'] in ('fast', 'naive')]
+        if len(exact) > 1:
+            out.append(f'same allocation from the exact searches (fast, naive): '
                        f'{part["same_allocation"]}')
-        for run in part['runs']:
-            if run.get('search_rois') is not None:
-                out.append(f'{run["search"]}: {run["layers_with_other_groups"]} of '
-                           f'{run["layers"]} layers get another G than with all RoIs')
+        for run in part['runs'][1:]:
+            out.append(f'{run["search"]}: {run["layers_with_other_groups"]} of '
+                       f'{run["layers"]} layers get another G than with '
+                       f'{part["runs"][0]["search"]}')
         untimed = sorted({name for run in part['runs'] for name in run['untimed']})
         if untimed:
             out.append(f'not called by these names, counted in the statistics pass: '

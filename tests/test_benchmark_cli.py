@@ -48,6 +48,13 @@ def test_defaults(bench):
     assert args.calib_image_size == args.image_size and args.images == 3
 
 
+def test_searches_of_the_calibration_part(bench, capsys):
+    assert bench.parse_args(['--search', 'fast', 'fisher']).search == ['fast', 'fisher']
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--search', 'exact'])
+    assert "invalid choice: 'exact'" in capsys.readouterr().err
+
+
 def test_swin_t_shapes_at_default_size(bench):
     shapes = {s['name']: s['shape'] for s in bench.swin_t_shapes((800, 1216))}
     assert shapes['stage0 qkv/fc1 input'] == (1, 200 * 304, 96)
