@@ -32,6 +32,9 @@ def take_calibration_batches(dataloader, num_images: int, model: nn.Module,
     """
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f'num_images={num_images!r}: calibration needs at least 1 image')
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f'start={start!r}: the index of the first image must be an integer '
+                         f'>= 0')
     dataset = dataloader.dataset
     if len(dataset) < start + num_images:
         raise ValueError(f'num_images={num_images} from image {start} but the dataset has '

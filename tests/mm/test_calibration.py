@@ -195,3 +195,15 @@ def test_release_freed_memory_returns_freed_heap_to_the_os():
     assert release_freed_memory() is True
     assert rss_mib() < before - 100, 'freed heap memory stayed resident'
     assert keep.sum() == 16 * 1024
+
+
+def test_calibration_images_outside_the_dataset_are_refused():
+    from types import SimpleNamespace
+    from igq_plugin.mm.calibration import take_calibration_batches
+    loader = SimpleNamespace(dataset=[0, 1, 2], collate_fn=lambda x: x)
+    with pytest.raises(ValueError, match='start=-1'):
+        take_calibration_batches(loader, 1, None, start=-1)
+    with pytest.raises(ValueError, match='only 3 images'):
+        take_calibration_batches(loader, 2, None, start=2)
+    with pytest.raises(ValueError, match='num_images=0'):
+        take_calibration_batches(loader, 0, None)
