@@ -29,7 +29,7 @@ from ..grouping.bounds import (MAX_HIST_ITEMS, ItemHistograms, item_histograms,
                                minimum_error_bounds)
 from ..grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
                                split_instances)
-from . import compiled
+from . import compiled, compiled_groups
 from .mode import ModeSwitchMixin, QuantMode
 from .primitives import check_bits, fake_quantize, fake_quantize_bounds, qparams_from_bounds
 
@@ -569,6 +569,10 @@ class IGQQuantizer(ActivationQuantizer):
 
     def quantize(self, x):
         tables = self._active_tables()
+        if self.assignment == 'cover' and compiled.use_compiled('igq', x, tables.sorted_scale):
+            out = self._quantize_compiled(x, tables)
+            if out is not None:
+                return out
         if self.assignment == 'cover':  # gather straight from the tables in cover order
             index = self._covering_positions(x, tables)
             scale, zero = tables.sorted_scale, tables.sorted_zero
@@ -580,6 +584,28 @@ class IGQQuantizer(ActivationQuantizer):
         if zero.dim():
             zero = zero.index_select(0, flat).view(index.shape)
         return self._fake_quantize_items(x, scale, zero, 'igq')
+
+    def _quantize_compiled(self, x: torch.Tensor, tables: _GroupTables) -> torch.Tensor | None:
+        """The ``'cover'`` rule's result from the compiled graphs, or ``None`` where a
+        layout has none (:func:`~.compiled_groups.cover_parameters`)."""
+        if tables.sorted_upper.numel() == 1:  # one group: a per-tensor quantizer
+            return compiled.fake_quantize_tensor(x, tables.sorted_scale[0],
+                                                 tables.sorted_zero.reshape(-1)[0], self.bits)
+        if self.kind == 'channel':
+            view, _ = split_instances(x, self.channel_dim, self.num_instances)
+        else:
+            view = x
+        params = compiled_groups.cover_parameters(
+            view.detach(), self.kind, self.channel_dim, tables.sorted_lower,
+            tables.sorted_upper, tables.sorted_scale, tables.sorted_zero)
+        if params is None:
+            return None
+        scale, inverse, zero = params
+        if self.kind == 'channel':
+            return compiled.fake_quantize_instances(view, scale, zero, self.bits,
+                                                    self.channel_dim,
+                                                    inverse=inverse).reshape(x.shape)
+        return compiled.fake_quantize_rows(x, scale, zero, self.bits, inverse=inverse)
 
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '

@@ -84,8 +84,8 @@ def set_compile_enabled(enabled: bool) -> None:
     """
     _State.enabled = bool(enabled)
     if enabled:
-        for function in _COMPILED.values():
-            function.failed = False
+        for graph in _GRAPHS:
+            graph.failed = False
 
 
 def compile_enabled() -> bool:
@@ -189,30 +189,46 @@ def _rows_strided(x, inv_scale, scale, zero_point, levels: int):
     return fake_quantize_reciprocal(x, inv_scale, scale, zero_point, levels)
 
 
-class _CompiledFunction:
-    """``torch.compile(fn)``, compiled on its first call.
+_GRAPHS: list['CompiledGraph'] = []  # every compiled graph of the package
 
-    Where compilation is off or has failed, the eager in-place
-    :func:`~igq_plugin.quant.primitives.fake_quantize` gives the (same) result.
+
+class CompiledGraph:
+    """``torch.compile(fn)`` (dynamic shapes, one full graph), compiled on its first call.
+
+    Calling it returns ``fn``'s result, or ``None`` where compilation is off or has
+    failed (the caller then runs its eager path).
     """
 
     def __init__(self, fn: Callable):
         self.fn = fn
         self.compiled: Callable | None = None
         self.failed = False
+        _GRAPHS.append(self)
+
+    def __call__(self, *args):
+        if not _State.enabled or self.failed:
+            return None
+        try:
+            if self.compiled is None:
+                # dynamic_threads: the C++ kernels read torch.get_num_threads() when
+                # they run, not when they were compiled (no cost measured at 1 thread)
+                self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True,
+                                              options={'cpp.dynamic_threads': True})
+            return self.compiled(*args)
+        except Exception as error:  # noqa: BLE001 (whatever the backend raised)
+            self.failed = True
+            _warn_once(error)
+        return None
+
+
+class _CompiledFunction(CompiledGraph):
+    """A compiled element-wise step; where compilation is off or has failed, the eager
+    in-place :func:`~igq_plugin.quant.primitives.fake_quantize` gives the (same) result."""
 
     def __call__(self, x, inv_scale, scale, zero_point, levels: int):
-        if _State.enabled and not self.failed:
-            try:
-                if self.compiled is None:
-                    # dynamic_threads: the C++ kernels read torch.get_num_threads() when
-                    # they run, not when they were compiled (no cost measured at 1 thread)
-                    self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True,
-                                                  options={'cpp.dynamic_threads': True})
-                return self.compiled(x, inv_scale, scale, zero_point, levels)
-            except Exception as error:  # noqa: BLE001 (whatever the backend raised)
-                self.failed = True
-                _warn_once(error)
+        out = super().__call__(x, inv_scale, scale, zero_point, levels)
+        if out is not None:
+            return out
         return fake_quantize(x, scale, zero_point, levels.bit_length(), integer_zero_point=True)
 
 
@@ -239,13 +255,15 @@ def _view(x: torch.Tensor, *shape: int) -> torch.Tensor | None:
 
 
 def _run(layout: str, x: torch.Tensor, view: torch.Tensor | None, scale: torch.Tensor,
-         zero_point: torch.Tensor, shape: tuple[int, ...], bits: int) -> torch.Tensor:
+         zero_point: torch.Tensor, shape: tuple[int, ...], bits: int,
+         inverse: torch.Tensor | None = None) -> torch.Tensor:
     """``layout``'s compiled function on ``view`` with the parameters reshaped to
     ``shape``; where there is no view, the eager path on ``x`` (``shape`` then
     broadcasts against ``x``).
 
     A 0-dim zero point stays 0-dim for the per-tensor and row layouts, and is expanded
     for the per-instance ones (an ``[I, C]`` copy is cheaper than a second graph).
+    ``inverse`` is ``1 / scale`` where the caller has it (computed here otherwise).
     """
     scale = scale.reshape(shape)
     if zero_point.dim():
@@ -256,11 +274,19 @@ def _run(layout: str, x: torch.Tensor, view: torch.Tensor | None, scale: torch.T
         return fake_quantize(x, scale, zero_point, bits, integer_zero_point=True)
     if not view.is_contiguous():
         layout += '_strided'
+    inverse = torch.reciprocal(scale) if inverse is None else inverse.reshape(shape)
     # detached: a compiled graph also guards on the shape and strides of a view's base
     # (so every base shape would compile anew); a detached alias has none
-    out = _COMPILED[layout](view.detach(), torch.reciprocal(scale), scale.detach(),
-                            zero_point.detach(), (1 << bits) - 1)
+    out = _COMPILED[layout](view.detach(), inverse, scale.detach(), zero_point.detach(),
+                            (1 << bits) - 1)
     return out.view(x.shape)
+
+
+def fake_quantize_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                         bits: int) -> torch.Tensor:
+    """Compiled fake-quantization with one (0-dim) scale and zero point: ``x``'s shape."""
+    view = _view(x, -1)
+    return _run('_per_tensor', x, x if view is None else view, scale, zero_point, (), bits)
 
 
 def fake_quantize_bounds(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
@@ -277,9 +303,8 @@ def fake_quantize_bounds(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tens
         ``x_hat``, shape of ``x``.
     """
     scale, zero_point = qparams_from_bounds(lower, upper, bits)
-    if scale.dim() == 0:
-        view = _view(x, -1)  # one graph for every contiguous input, whatever its rank
-        return _run('_per_tensor', x, x if view is None else view, scale, zero_point, (), bits)
+    if scale.dim() == 0:  # one graph for every contiguous input, whatever its rank
+        return fake_quantize_tensor(x, scale, zero_point, bits)
     channels = scale.shape[0]
     if scale.dim() == 1 and x.shape[-1] == channels:  # [1, T, C] with [1, 1, C]
         view = _view(x, 1, -1, channels)
@@ -293,7 +318,8 @@ def fake_quantize_bounds(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tens
 
 
 def fake_quantize_instances(view: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                            bits: int, channel_dim: int) -> torch.Tensor:
+                            bits: int, channel_dim: int,
+                            inverse: torch.Tensor | None = None) -> torch.Tensor:
     """Compiled fake-quantization with per-instance and channel parameters.
 
     Args:
@@ -303,6 +329,7 @@ def fake_quantize_instances(view: torch.Tensor, scale: torch.Tensor, zero_point:
         zero_point: ``[I, C]``, or 0-dim (shared by every item); integers.
         bits: bit-width.
         channel_dim: ``-1`` or ``1``.
+        inverse: ``1 / scale``, ``[I, C]``, where the caller has it.
 
     Returns:
         ``x_hat``, shape of ``view``.
@@ -313,14 +340,14 @@ def fake_quantize_instances(view: torch.Tensor, scale: torch.Tensor, zero_point:
         flat = _view(view, instances, -1, channels)
         shape = ((instances, 1, channels) if flat is not None
                  else (instances,) + (1,) * rank + (channels,))
-        return _run('_tokens_last', view, flat, scale, zero_point, shape, bits)
+        return _run('_tokens_last', view, flat, scale, zero_point, shape, bits, inverse)
     flat = _view(view, instances, channels, -1)  # [I, C, T] with [I, C, 1] parameters
     shape = (instances, channels, 1) if flat is not None else (instances, channels) + (1,) * rank
-    return _run('_channels_first', view, flat, scale, zero_point, shape, bits)
+    return _run('_channels_first', view, flat, scale, zero_point, shape, bits, inverse)
 
 
 def fake_quantize_rows(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                       bits: int) -> torch.Tensor:
+                       bits: int, inverse: torch.Tensor | None = None) -> torch.Tensor:
     """Compiled fake-quantization of a map ``[..., N]`` with per-row parameters.
 
     Args:
@@ -328,10 +355,11 @@ def fake_quantize_rows(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
         scale: ``[R]``.
         zero_point: ``[R]``, or 0-dim (shared by every row); integers.
         bits: bit-width.
+        inverse: ``1 / scale``, ``[R]``, where the caller has it.
 
     Returns:
         ``x_hat``, shape of ``x``.
     """
     rows = _view(x, -1, x.shape[-1])  # [R, N] with [R, 1] parameters
     shape = (-1, 1) if rows is not None else x.shape[:-1] + (1,)
-    return _run('_rows', x, rows, scale, zero_point, shape, bits)
+    return _run('_rows', x, rows, scale, zero_point, shape, bits, inverse)

@@ -15,7 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from igq_plugin.quant import (IGQQuantizer, PerTensorQuantizer, StaticGroupQuantizer,
-                              UpperBoundQuantizer, compiled, quant_mode)
+                              UpperBoundQuantizer, compiled, compiled_groups, quant_mode)
 from tests.quantizers import calibrate
 
 @pytest.fixture(autouse=True)
@@ -261,3 +261,64 @@ def test_switched_off_by_the_environment_and_lazy():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             env=dict(os.environ, **{compiled.ENV_VAR: '0'}))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the compiled group parameters of IGQ ('cover') -------------------------------------------
+@pytest.fixture
+def group_parameters(monkeypatch):
+    """Records, per call of the compiled 'cover' parameters, whether a graph gave them."""
+    calls = []
+    original = compiled_groups.cover_parameters
+
+    def recorded(*args, **kwargs):
+        params = original(*args, **kwargs)
+        calls.append(params is not None)
+        return params
+
+    monkeypatch.setattr(compiled_groups, 'cover_parameters', recorded)
+    return calls
+
+
+def test_igq_group_parameters_are_compiled_for_every_layout(group_parameters, eager_fallbacks):
+    tokens = calibrate(IGQQuantizer(4, 96, groups=8), activations(2, 64, 96, seed=30),
+                       num_instances=2)
+    conv = calibrate(IGQQuantizer(4, 24, channel_dim=1, groups=8),
+                     activations(2, 24, 9, 11, seed=31, channel_dim=1), num_instances=2)
+    softmax = calibrate(IGQQuantizer(4, kind='softmax', groups=8), attention(6, 49, 49, seed=32))
+    for quantizer, x in ((tokens, activations(2 * 4, 16, 96, seed=33)),
+                         (tokens, activations(2 * 4, 16, 3 * 96, seed=34).chunk(3, dim=-1)[2]),
+                         (conv, activations(2, 24, 10, 12, seed=35, channel_dim=1)),
+                         (softmax, attention(8, 49, 49, seed=36))):
+        quantizer.num_instances = x.shape[0] if quantizer is conv else 2
+        assert_same(quantizer, x)
+    assert group_parameters == [True] * 4 and not eager_fallbacks
+    assert all(graph.compiled is not None and not graph.failed
+               for graph in compiled_groups._GRAPHS.values())
+
+
+def test_igq_ties_and_uncovered_items_match_eager(group_parameters):
+    """Groups with equal bounds (ties go to the first in cover order) and items that no
+    group covers (the widest group, first of equals)."""
+    q = calibrate(IGQQuantizer(4, 32, groups=4, candidates=(4,)), activations(1, 64, 32, seed=37),
+                  num_instances=1)
+    q.group_lower[0, :4] = torch.tensor([-1.0, -1.0, -3.0, -3.0])
+    q.group_upper[0, :4] = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    x = activations(1, 40, 32, seed=38) * 2  # some channels beyond +-3
+    assert_same(q, x)
+    softmax = calibrate(IGQQuantizer(4, kind='softmax', groups=4, candidates=(4,)),
+                        attention(6, 49, 49, seed=39))
+    softmax.group_upper[0, :4] = torch.tensor([0.25, 0.5, 1.0, 1.0])
+    y = attention(8, 49, 49, seed=40)
+    y[0, 0, :2] = torch.tensor([0.5, 0.5])  # a row maximum equal to a bound
+    assert_same(softmax, y)
+    assert group_parameters == [True, True]
+
+
+def test_igq_layouts_without_a_graph_run_eager(group_parameters):
+    few_tokens = calibrate(IGQQuantizer(4, 40, groups=4), activations(2, 30, 40, seed=41))
+    assert_same(few_tokens, activations(3, compiled_groups.TOKEN_BLOCK - 1, 40, seed=42))
+    many = compiled_groups.MAX_ROW_GROUPS + 4
+    softmax = calibrate(IGQQuantizer(4, kind='softmax', groups=many, candidates=(many,)),
+                        attention(6, 49, 49, seed=43))
+    assert_same(softmax, attention(8, 49, 49, seed=44))
+    assert group_parameters == [False, False]
