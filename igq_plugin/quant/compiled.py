@@ -14,11 +14,9 @@ What stays eager, and why:
 - the quantizer parameters, ``1 / s`` included: they are small, and inductor replaces a
   division by a constant with a multiplication by its reciprocal (on CUDA) and Triton
   divides approximately, either of which changes bits;
-- the item ranges and the group assignment: the eager kernels are faster there
-  (blocked token reductions, the integer row maximum of
-  :func:`~igq_plugin.grouping.layout.softmax_row_max`, the blocked tables of
-  :func:`~igq_plugin.grouping.covering_positions`); inductor reduces the short group
-  axis item by item with masked vectors, many times slower than those tables.
+- the item ranges of the upper-bound quantizer and the ``'nearest'`` assignment
+  (neither is a deployment path); IGQ's default ``'cover'`` rule has its ranges,
+  positions and gathers compiled in :mod:`.compiled_groups`.
 
 The compiled loop holds only the eager formula's operations (``x * r``, ``round`` half
 to even, ``clamp``, ``(q - z) * s``), and inductor's C++ flags keep IEEE arithmetic
