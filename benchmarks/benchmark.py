@@ -13,6 +13,8 @@ Parts (``--parts``, default all):
 
 - ``inference``: seconds per image of ``model(..., mode='predict')`` for float,
   per-tensor, static-group (G=8), igq-fixed (G=8, G=16) and upper-bound; ratio to float.
+  The images are timed round-robin across the variants (all prepared and warmed up
+  first), so a change of load on the machine reaches every variant alike.
 - ``quantizers``: elements/second of the activation quantizers alone on Swin-T's
   token x channel and windowed-attention shapes: IGQ (G=8), the plugin's per-tensor,
   static-group (G=8) and upper-bound quantizers, each with its compiled run-time path
@@ -404,22 +406,43 @@ def time_predict(model: nn.Module, batches: list[dict], device: torch.device) ->
 # -- part 1: inference -------------------------------------------------------------------
 
 def run_inference(args: argparse.Namespace, device: torch.device, float_state: dict) -> dict:
-    """Seconds per image of every variant, and the ratio to float."""
-    rows = []
+    """Seconds per image of every variant, and the ratio to float.
+
+    Every variant is prepared and warmed up first (one forward, which also compiles its
+    run-time kernels); then the images are timed round-robin, image by image across the
+    variants, so that a change of load on the machine (another job on a core that
+    shares the cache and the memory bus) reaches every variant alike.
+    """
+    prepared = []
     for variant in INFERENCE_VARIANTS:
-        print_log(f'benchmark: inference, {variant.name}', logger='current')
+        print_log(f'benchmark: inference, preparing {variant.name}', logger='current')
         model, report = prepared_variant(variant, float_state, args, device, args.image_size)
         batches = make_batches(model, args.image_size, args.images, args.seed)
-        timing = time_predict(model, batches, device)
-        rows.append(dict(variant=variant.name, quant=variant.quant, **timing,
-                         calib_seconds=report.seconds if report else None,
-                         gbops=report.gbops if report else None))
-        del model, batches
-        release(device)
+        predict(model, batches[0])  # warm-up
+        prepared.append((variant, model, report, batches, [], []))
+    for index in range(args.images):
+        print_log(f'benchmark: inference, image {index + 1} of {args.images}, every variant',
+                  logger='current')
+        for _, model, _, batches, times, detections in prepared:
+            synchronize(device)
+            start = time.perf_counter()
+            results = predict(model, batches[index])
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+            detections.append(len(results[0].pred_instances))
+    rows = [dict(variant=variant.name, quant=variant.quant,
+                 seconds_per_image=statistics.mean(times), seconds=times,
+                 detections_per_image=statistics.mean(detections),
+                 calib_seconds=report.seconds if report else None,
+                 gbops=report.gbops if report else None)
+            for variant, _, report, _, times, detections in prepared]
+    del prepared
+    release(device)
     reference = rows[0]['seconds_per_image']
     for row in rows:
         row['ratio_to_float'] = row['seconds_per_image'] / reference
-    return dict(image_size=list(args.image_size), images=args.images, warmup=1, rows=rows)
+    return dict(image_size=list(args.image_size), images=args.images, warmup=1,
+                schedule='round-robin', rows=rows)
 
 
 # -- part 2: quantizers alone ------------------------------------------------------------
