@@ -14,7 +14,10 @@ Parts (``--parts``, default all):
 - ``inference``: seconds per image of ``model(..., mode='predict')`` for float,
   per-tensor, static-group (G=8), igq-fixed (G=8, G=16) and upper-bound; ratio to float.
   The images are timed round-robin across the variants (all prepared and warmed up
-  first), so a change of load on the machine reaches every variant alike.
+  first), so a change of load on the machine reaches every variant alike. Also the
+  backbone and neck alone (``extract_feat``: what the default protocol quantizes), whose
+  ratio is free of the heads' data-dependent cost (RoIAlign's work grows with the
+  proposals' sizes, which quantization changes).
 - ``quantizers``: elements/second of the activation quantizers alone on Swin-T's
   token x channel and windowed-attention shapes: IGQ (G=8), the plugin's per-tensor,
   static-group (G=8) and upper-bound quantizers, each with its compiled run-time path
@@ -388,6 +391,13 @@ def predict(model: nn.Module, batch: dict) -> list:
         return model(batch['inputs'], batch['data_samples'], mode='predict')
 
 
+def extract_features(model: nn.Module, batch: dict):
+    """Backbone and neck alone (what the default protocol quantizes) on a preprocessed
+    batch: the FPN outputs."""
+    with torch.no_grad():
+        return model.extract_feat(batch['inputs'])
+
+
 def time_predict(model: nn.Module, batches: list[dict], device: torch.device) -> dict:
     """Seconds per image after one warm-up forward, and detections per image."""
     predict(model, batches[0])
@@ -419,28 +429,36 @@ def run_inference(args: argparse.Namespace, device: torch.device, float_state: d
         model, report = prepared_variant(variant, float_state, args, device, args.image_size)
         batches = make_batches(model, args.image_size, args.images, args.seed)
         predict(model, batches[0])  # warm-up
-        prepared.append((variant, model, report, batches, [], []))
+        prepared.append((variant, model, report, batches, [], [], []))
     for index in range(args.images):
         print_log(f'benchmark: inference, image {index + 1} of {args.images}, every variant',
                   logger='current')
-        for _, model, _, batches, times, detections in prepared:
+        for _, model, _, batches, times, feature_times, detections in prepared:
             synchronize(device)
             start = time.perf_counter()
             results = predict(model, batches[index])
             synchronize(device)
             times.append(time.perf_counter() - start)
             detections.append(len(results[0].pred_instances))
+            start = time.perf_counter()
+            extract_features(model, batches[index])
+            synchronize(device)
+            feature_times.append(time.perf_counter() - start)
     rows = [dict(variant=variant.name, quant=variant.quant,
                  seconds_per_image=statistics.mean(times), seconds=times,
+                 features_seconds_per_image=statistics.mean(feature_times),
+                 features_seconds=feature_times,
                  detections_per_image=statistics.mean(detections),
                  calib_seconds=report.seconds if report else None,
                  gbops=report.gbops if report else None)
-            for variant, _, report, _, times, detections in prepared]
+            for variant, _, report, _, times, feature_times, detections in prepared]
     del prepared
     release(device)
-    reference = rows[0]['seconds_per_image']
+    reference, features_reference = (rows[0][key] for key in (
+        'seconds_per_image', 'features_seconds_per_image'))
     for row in rows:
         row['ratio_to_float'] = row['seconds_per_image'] / reference
+        row['features_ratio_to_float'] = row['features_seconds_per_image'] / features_reference
     return dict(image_size=list(args.image_size), images=args.images, warmup=1,
                 schedule='round-robin', rows=rows)
 
@@ -807,8 +825,10 @@ def markdown(results: dict) -> str:
         part = results['inference']
         out += ['', f'## Inference ({"x".join(map(str, part["image_size"]))}, '
                 f'{part["images"]} images after 1 warm-up)',
-                _table(['variant', 's/image', 'x float', 'detections/image', 'calib s'],
+                _table(['variant', 's/image', 'x float', 'backbone+neck s/image',
+                        'backbone+neck x float', 'detections/image', 'calib s'],
                        [(r['variant'], r['seconds_per_image'], r['ratio_to_float'],
+                         r.get('features_seconds_per_image'), r.get('features_ratio_to_float'),
                          r['detections_per_image'], r['calib_seconds']) for r in part['rows']])]
     if 'quantizers' in results:
         part = results['quantizers']

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import compiled
 from .mode import ModeSwitchMixin, QuantMode
 from .percentile import check_percentiles, search_clipping
 from .primitives import check_bits, fake_quantize, qparams_from_bounds
@@ -72,13 +73,19 @@ class WeightQuantizer(ModeSwitchMixin, nn.Module):
 
         The copy is made on every call and not kept: keeping every layer's quantized
         weight would hold a second copy of the model's weights, to save a per-channel
-        element-wise pass that is small next to the layer's matmul.
+        element-wise pass that is small next to the layer's matmul (one fused pass where
+        the compiled path applies, :mod:`.compiled`, with the eager result).
         """
         if self.mode is not QuantMode.QUANTIZED:
             return weight
         if not bool(self.calibrated):
             raise RuntimeError('WeightQuantizer used in quantized mode before calibration: '
                                'run calibration (or load a calibrated state) first')
+        if weight.is_contiguous() and compiled.use_compiled('weight', weight, self.scale,
+                                                            self.zero_point):
+            rows = weight.view(weight.shape[0], -1)  # [C_out, fan_in], per-row parameters
+            return compiled.fake_quantize_rows(rows, self.scale, self.zero_point,
+                                               self.bits).view(weight.shape)
         shape = (-1,) + (1,) * (weight.dim() - 1)
         return fake_quantize(weight, self.scale.view(shape), self.zero_point.view(shape),
                              self.bits)

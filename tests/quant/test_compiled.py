@@ -15,7 +15,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from igq_plugin.quant import (IGQQuantizer, PerTensorQuantizer, StaticGroupQuantizer,
-                              UpperBoundQuantizer, compiled, compiled_groups, quant_mode)
+                              UpperBoundQuantizer, WeightQuantizer, compiled, compiled_groups,
+                              quant_mode)
 from tests.quantizers import calibrate
 
 @pytest.fixture(autouse=True)
@@ -322,3 +323,19 @@ def test_igq_layouts_without_a_graph_run_eager(group_parameters):
                         attention(6, 49, 49, seed=43))
     assert_same(softmax, attention(8, 49, 49, seed=44))
     assert group_parameters == [False, False]
+
+
+@pytest.mark.parametrize('shape', [(96, 288), (24, 12, 3, 3)])
+@pytest.mark.parametrize('bits', [4, 8])
+def test_weight_quantizer(shape, bits, eager_fallbacks):
+    gen = torch.Generator().manual_seed(45)
+    channel_scales = torch.exp(torch.randn(shape[0], *[1] * (len(shape) - 1), generator=gen))
+    weight = torch.randn(shape, generator=gen) * channel_scales
+    quantizer = WeightQuantizer(bits, shape[0])
+    quantizer.fit(weight)
+    with torch.no_grad(), quant_mode(quantizer, 'quantized'):
+        out = quantizer(weight)
+        with compiled.compiling(False):
+            expected = quantizer(weight)
+    assert same_bits(out, expected) and not eager_fallbacks
+    assert compiled.use_compiled('weight', weight)
