@@ -27,7 +27,9 @@ Parts (``--parts``, default all):
 - ``calibration``: wall seconds of calibration + group-size allocation
   (``method='igq'``, G_avg=8, 1 image), by phase, and in float forwards.
 - ``memory``: peak resident memory (and CUDA peak allocation) of float vs igq-fixed
-  (G=8) evaluation, one fresh child process per variant.
+  (G=8) evaluation, one fresh child process per variant: over the whole evaluation
+  (the warm-up image, whose first quantized call imports and runs the compiler, and the
+  timed images) and after the warm-up alone.
 
 Writes ``--out`` (JSON) and a markdown table next to it (``benchmark.md``), and
 prints the table. Small CPU run::
@@ -738,14 +740,21 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> dict:
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         cuda_before = torch.cuda.memory_allocated(device) / MIB
-    for batch in [batches[0]] + batches:  # warm-up + timed images of the inference part
+    predict(model, batches[0])  # warm-up: the first call compiles the run-time kernels
+    synchronize(device)
+    warmup_peak = _proc_status_mib('VmHWM') if reset else None
+    # steady state: the images after the warm-up, with the peak mark reset once more
+    steady_reset = reset and _reset_peak_rss()
+    for batch in batches:
         predict(model, batch)
     synchronize(device)
-    peak = _proc_status_mib('VmHWM') if reset else None
+    steady_peak = _proc_status_mib('VmHWM') if steady_reset else None
+    peak = None if warmup_peak is None or steady_peak is None else max(warmup_peak, steady_peak)
     if peak is None:  # no reset possible: the whole process's peak
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
     return dict(variant=variant.name, quant=variant.quant, setup_peak_rss_mib=setup_peak,
                 rss_before_eval_mib=before, eval_peak_rss_mib=peak, peak_reset=reset,
+                warmup_peak_rss_mib=warmup_peak, steady_peak_rss_mib=steady_peak,
                 eval_rss_increase_mib=None if before is None else peak - before,
                 cuda_allocated_before_eval_mib=cuda_before if device.type == 'cuda' else None,
                 cuda_max_allocated_mib=(torch.cuda.max_memory_allocated(device) / MIB
@@ -784,7 +793,8 @@ def run_memory(args: argparse.Namespace) -> dict:
                                        f'(exit {result.returncode}):\n{result.stderr[-3000:]}')
                 with open(out) as f:
                     rows.append(json.load(f))
-    keys = ('eval_peak_rss_mib', 'eval_rss_increase_mib', 'cuda_max_allocated_mib')
+    keys = ('eval_peak_rss_mib', 'steady_peak_rss_mib', 'eval_rss_increase_mib',
+            'cuda_max_allocated_mib')
     medians = {variant.name: {key: _median([r[key] for r in rows if r['variant'] == variant.name])
                               for key in keys} for variant in MEMORY_VARIANTS}
     float_median, quant_median = (medians[v.name] for v in MEMORY_VARIANTS)
@@ -876,12 +886,15 @@ def markdown(results: dict) -> str:
         part = results['memory']
         out += ['', '## Memory (evaluation in a fresh process per variant)',
                 _table(['variant', 'set-up peak RSS MiB', 'RSS before eval MiB',
-                        'eval peak RSS MiB', 'eval RSS increase MiB', 'CUDA max allocated MiB'],
+                        'eval peak RSS MiB', 'after warm-up peak RSS MiB',
+                        'eval RSS increase MiB', 'CUDA max allocated MiB'],
                        [(r['variant'], r['setup_peak_rss_mib'], r['rss_before_eval_mib'],
-                         r['eval_peak_rss_mib'], r['eval_rss_increase_mib'],
-                         r['cuda_max_allocated_mib']) for r in part['rows']]
+                         r['eval_peak_rss_mib'], r.get('steady_peak_rss_mib'),
+                         r['eval_rss_increase_mib'], r['cuda_max_allocated_mib'])
+                        for r in part['rows']]
                        + [(f'median {name}', None, None, m['eval_peak_rss_mib'],
-                           m['eval_rss_increase_mib'], m['cuda_max_allocated_mib'])
+                           m.get('steady_peak_rss_mib'), m['eval_rss_increase_mib'],
+                           m['cuda_max_allocated_mib'])
                           for name, m in part.get('medians', {}).items()]),
                 'ratio of the medians, quantized / float: ' + ', '.join(
                     f'{k} {v:.3g}' for k, v in part['ratio_quantized_to_float'].items())]

@@ -177,6 +177,19 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         """Fake-quantize ``x`` with calibrated parameters."""
         raise NotImplementedError
 
+    def channel_parameters(self, x: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """``(scale, zero, inverse)`` that :meth:`quantize` applies to the channel input
+        ``x``, or ``None`` where it has no such form (the default).
+
+        Each is 0-dim, ``[C]`` or ``[I, C]`` (instances of
+        :func:`~igq_plugin.grouping.layout.split_instances`); zero points are integers;
+        ``inverse`` is ``1 / scale`` or ``None``. Fake-quantizing ``x`` with them gives
+        :meth:`quantize`'s result bit for bit, so that callers may quantize several
+        operands in one pass (:class:`~igq_plugin.nn.QKVQuantizer`).
+        """
+        return None
+
     # -- helpers shared by subclasses -----------------------------------------------------
     def _item_ranges(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item ranges: ``[I, C]`` for channels, ``[R]`` rows (lower = 0) for softmax."""
@@ -186,7 +199,8 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         return torch.zeros_like(upper), upper
 
     def _fake_quantize_items(self, x: torch.Tensor, scale: torch.Tensor,
-                             zero: torch.Tensor, quantizer: str | None = None) -> torch.Tensor:
+                             zero: torch.Tensor, quantizer: str | None = None,
+                             inverse: torch.Tensor | None = None) -> torch.Tensor:
         """Fake-quantize with per-item parameters as returned by :meth:`_item_ranges`.
 
         The zero points must come from :func:`qparams_from_bounds` (integers).
@@ -194,7 +208,8 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         The parameters (or a 0-dim one shared by every item) are broadcast against a
         view of ``x`` (no copy of ``x``); the result has the shape of ``x``. With
         ``quantizer`` named, its compiled path runs where it applies
-        (:func:`compiled.use_compiled`), with the same result.
+        (:func:`compiled.use_compiled`), with the same result; ``inverse`` (``1 / scale``,
+        where the caller has it) is used there.
         """
         fast = (quantizer is not None and scale.dim() > 0
                 and compiled.use_compiled(quantizer, x, scale, zero))
@@ -202,14 +217,15 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
             view, _ = split_instances(x, self.channel_dim, self.num_instances)
             if fast:
                 return compiled.fake_quantize_instances(view, scale, zero, self.bits,
-                                                        self.channel_dim).reshape(x.shape)
+                                                        self.channel_dim,
+                                                        inverse).reshape(x.shape)
             out = fake_quantize(view, *(p if p.dim() == 0 else
                                         instance_param_view(p, view, self.channel_dim)
                                         for p in (scale, zero)), self.bits,
                                 integer_zero_point=True)
             return out.reshape(x.shape)
         if fast:
-            return compiled.fake_quantize_rows(x, scale, zero, self.bits)
+            return compiled.fake_quantize_rows(x, scale, zero, self.bits, inverse)
         return fake_quantize(x, *(p if p.dim() == 0 else row_param_view(p, x)
                                   for p in (scale, zero)), self.bits, integer_zero_point=True)
 
@@ -262,6 +278,9 @@ class PerTensorQuantizer(_MinMaxStatistics):
         self.lower.copy_(self.running_min.squeeze())
         self.upper.copy_(self.running_max.squeeze())
 
+    def channel_parameters(self, x):
+        return (*qparams_from_bounds(self.lower, self.upper, self.bits), None)
+
     def quantize(self, x):
         if compiled.use_compiled('per-tensor', x, self.lower, self.upper):
             return compiled.fake_quantize_bounds(x, self.lower, self.upper, self.bits)
@@ -303,6 +322,11 @@ class StaticGroupQuantizer(_MinMaxStatistics):
         group_max.scatter_reduce_(0, index, self.running_max, 'amax')
         self.channel_lower.copy_(group_min[index])
         self.channel_upper.copy_(group_max[index])
+
+    def channel_parameters(self, x):
+        if self.kind != 'channel':
+            return None
+        return (*qparams_from_bounds(self.channel_lower, self.channel_upper, self.bits), None)
 
     def quantize(self, x):
         shape = self._channel_shape() if self.kind == 'channel' else ()
@@ -567,13 +591,30 @@ class IGQQuantizer(ActivationQuantizer):
         return covering_positions(*self._item_ranges(x), tables.sorted_lower,
                                   tables.sorted_upper)
 
-    def quantize(self, x):
+    def item_parameters(self, x: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(scale, zero, inverse)`` of every item of ``x`` on this instance.
+
+        Returns:
+            ``[I, C]`` (channels) or ``[R]`` (rows) scales and zero points (a zero point
+            shared by every group stays 0-dim); both 0-dim with one group under the
+            ``'cover'`` rule (a per-tensor quantizer); ``inverse`` is ``1 / scale`` where
+            the compiled graphs of :mod:`.compiled_groups` gave it, else ``None``.
+        """
         tables = self._active_tables()
-        if self.assignment == 'cover' and compiled.use_compiled('igq', x, tables.sorted_scale):
-            out = self._quantize_compiled(x, tables)
-            if out is not None:
-                return out
-        if self.assignment == 'cover':  # gather straight from the tables in cover order
+        if self.assignment == 'cover':
+            if tables.sorted_upper.numel() == 1:
+                return tables.sorted_scale[0], tables.sorted_zero.reshape(-1)[0], None
+            if compiled.use_compiled('igq', x, tables.sorted_scale):
+                view = (split_instances(x, self.channel_dim, self.num_instances)[0]
+                        if self.kind == 'channel' else x)
+                params = compiled_groups.cover_parameters(
+                    view.detach(), self.kind, self.channel_dim, tables.sorted_lower,
+                    tables.sorted_upper, tables.sorted_scale, tables.sorted_zero)
+                if params is not None:
+                    scale, inverse, zero = params
+                    return scale, zero, inverse
+            # gather straight from the tables in cover order
             index = self._covering_positions(x, tables)
             scale, zero = tables.sorted_scale, tables.sorted_zero
         else:
@@ -583,29 +624,18 @@ class IGQQuantizer(ActivationQuantizer):
         scale = scale.index_select(0, flat).view(index.shape)
         if zero.dim():
             zero = zero.index_select(0, flat).view(index.shape)
-        return self._fake_quantize_items(x, scale, zero, 'igq')
+        return scale, zero, None
 
-    def _quantize_compiled(self, x: torch.Tensor, tables: _GroupTables) -> torch.Tensor | None:
-        """The ``'cover'`` rule's result from the compiled graphs, or ``None`` where a
-        layout has none (:func:`~.compiled_groups.cover_parameters`)."""
-        if tables.sorted_upper.numel() == 1:  # one group: a per-tensor quantizer
-            return compiled.fake_quantize_tensor(x, tables.sorted_scale[0],
-                                                 tables.sorted_zero.reshape(-1)[0], self.bits)
-        if self.kind == 'channel':
-            view, _ = split_instances(x, self.channel_dim, self.num_instances)
-        else:
-            view = x
-        params = compiled_groups.cover_parameters(
-            view.detach(), self.kind, self.channel_dim, tables.sorted_lower,
-            tables.sorted_upper, tables.sorted_scale, tables.sorted_zero)
-        if params is None:
-            return None
-        scale, inverse, zero = params
-        if self.kind == 'channel':
-            return compiled.fake_quantize_instances(view, scale, zero, self.bits,
-                                                    self.channel_dim,
-                                                    inverse=inverse).reshape(x.shape)
-        return compiled.fake_quantize_rows(x, scale, zero, self.bits, inverse=inverse)
+    def channel_parameters(self, x):
+        return self.item_parameters(x) if self.kind == 'channel' else None
+
+    def quantize(self, x):
+        scale, zero, inverse = self.item_parameters(x)
+        if scale.dim() == 0:  # one group
+            if compiled.use_compiled('igq', x, scale, zero):
+                return compiled.fake_quantize_tensor(x, scale, zero, self.bits)
+            return fake_quantize(x, scale, zero, self.bits, integer_zero_point=True)
+        return self._fake_quantize_items(x, scale, zero, 'igq', inverse)
 
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '
@@ -628,6 +658,11 @@ class UpperBoundQuantizer(ActivationQuantizer):
 
     def compute_parameters(self):
         pass
+
+    def channel_parameters(self, x):
+        if self.kind != 'channel':
+            return None
+        return (*qparams_from_bounds(*self._item_ranges(x), self.bits), None)
 
     def quantize(self, x):
         lower, upper = self._item_ranges(x)

@@ -57,7 +57,9 @@ _OFF = ('0', 'false', 'off', 'no')
 # most; on the largest, both are bound by allocating the output and gain little.
 # The weight quantizer's per-output-channel pass ('weight') is compiled too: one pass
 # instead of the eager path's four over every weight, on every forward.
-COMPILED_QUANTIZERS = frozenset({'per-tensor', 'static-group', 'igq', 'upper-bound', 'weight'})
+# 'qkv': Q, K and V fake-quantized in one pass (igq_plugin.nn.QKVQuantizer).
+COMPILED_QUANTIZERS = frozenset({'per-tensor', 'static-group', 'igq', 'upper-bound', 'weight',
+                                 'qkv'})
 # Devices whose compiled kernels were checked bit for bit against eager. CUDA (Triton)
 # joins when tests/quant/test_compiled.py has passed on a GPU.
 COMPILED_DEVICES = frozenset({'cpu'})
