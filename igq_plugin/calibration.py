@@ -24,7 +24,7 @@ from .nn import (QuantState, activation_quantizers, finalize_calibration, float_
                  igq_quantizers, require_record, restore_folds, set_quant_state)
 from .quant import QuantMode, quant_mode, set_mode
 from .report import layer_rows
-from .search import (DEFAULT_FISHER_SAMPLES, FisherPredictor, SensitivityPredictor,
+from .search import (FISHER_ESTIMATORS, FisherPredictor, SensitivityPredictor,
                      allocate_groups, check_sensitivity, fisher_tables, sensitivity_tables,
                      total_bops)
 
@@ -69,7 +69,8 @@ class ClassifierPredictor:
 
     def log_probs(self) -> Iterator[torch.Tensor]:
         """One differentiable ``[B, K]`` log-probability tensor per batch, lazily (for
-        ``sensitivity='fisher'``, :class:`~igq_plugin.search.FisherPredictor`)."""
+        ``sensitivity='fisher'`` / ``'fisher-full'``,
+        :class:`~igq_plugin.search.FisherPredictor`)."""
         for batch in self.batches:
             yield F.log_softmax(self.forward(self.model, batch).float(), dim=-1)
 
@@ -95,7 +96,7 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
                     predictor: SensitivityPredictor | None = None,
                     progress: Callable[[int], Any] | None = None,
                     sensitivity: str = 'exact',
-                    fisher_samples: int = DEFAULT_FISHER_SAMPLES) -> CalibrationReport:
+                    fisher_samples: int | None = None) -> CalibrationReport:
     """Calibrate every quantizer of a converted model; for ``method='igq'`` also run the
     sensitivity search and the group-size allocation under the BOP budget.
 
@@ -110,19 +111,24 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
             mmengine's ``ProgressBar``), for the search; ``None``: silent.
         sensitivity: estimator of the sensitivity tables for ``method='igq'``:
             ``'exact'`` (one partial forward per layer and candidate G,
-            :func:`~igq_plugin.search.sensitivity_tables`) or ``'fisher'`` (the
+            :func:`~igq_plugin.search.sensitivity_tables`), ``'fisher'`` (the
             diagonal-Fisher second-order estimate from one forward and
             ``fisher_samples`` backward passes per image,
-            :func:`~igq_plugin.search.fisher_tables`; the predictor must be a
-            :class:`~igq_plugin.search.FisherPredictor`).
-        fisher_samples: labels drawn per item for ``'fisher'`` (backward passes).
+            :func:`~igq_plugin.search.fisher_tables`) or ``'fisher-full'`` (the same
+            passes, scored with the sampled full Fisher, couplings kept); the Fisher
+            estimators need a :class:`~igq_plugin.search.FisherPredictor`.
+        fisher_samples: labels drawn per item for ``'fisher'`` and ``'fisher-full'``
+            (backward passes); ``None``: the estimator's default
+            (:data:`~igq_plugin.search.DEFAULT_FISHER_SAMPLES` = 4 for ``'fisher'``,
+            :data:`~igq_plugin.search.DEFAULT_FISHER_FULL_SAMPLES` = 16 for
+            ``'fisher-full'``).
 
     Returns:
         A :class:`CalibrationReport`; the model is left ``READY``, in quantized mode.
 
     Raises:
         TypeError: the model was not converted, ``predictor`` has no ``predict``, or
-            no ``log_probs`` for ``sensitivity='fisher'``.
+            no ``log_probs`` for ``sensitivity='fisher'`` / ``'fisher-full'``.
         ValueError: no batches, ``method='igq'`` without a predictor, or a bad
             ``sensitivity`` / ``fisher_samples`` (all before any forward), or
             non-finite activations during calibration.
@@ -139,9 +145,9 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
     if predictor is not None and not isinstance(predictor, SensitivityPredictor):
         raise TypeError(f'predictor must have predict(layer) -> list of probabilities; got '
                         f'{type(predictor).__name__}')
-    if config.method == 'igq' and sensitivity == 'fisher' and \
+    if config.method == 'igq' and sensitivity in FISHER_ESTIMATORS and \
             not isinstance(predictor, FisherPredictor):
-        raise TypeError(f"sensitivity='fisher' needs a predictor with log_probs() "
+        raise TypeError(f"sensitivity={sensitivity!r} needs a predictor with log_probs() "
                         f'(differentiable log-probabilities, igq_plugin.FisherPredictor); '
                         f'{type(predictor).__name__} has none: use sensitivity=\'exact\'')
     start = time.perf_counter()
@@ -167,14 +173,15 @@ def _calibrate(model, config, batches, forward, predictor, progress, sensitivity
     if config.method == 'igq':
         layers = igq_quantizers(model)
         report.sensitivity = sensitivity
-        if sensitivity == 'fisher':  # one step per calibration image
+        if sensitivity in FISHER_ESTIMATORS:  # one step per calibration image
             steps = len(batches)
         else:  # one step per (layer, candidate)
             steps = sum(len(q.candidates) for q in layers.values())
         bar = progress(steps) if progress is not None else None
         on_step = bar.update if bar is not None else None
-        if sensitivity == 'fisher':
-            tables = fisher_tables(model, layers, predictor, fisher_samples, on_step=on_step)
+        if sensitivity in FISHER_ESTIMATORS:
+            tables = fisher_tables(model, layers, predictor, fisher_samples, on_step=on_step,
+                                   full=sensitivity == 'fisher-full')
         else:
             tables = sensitivity_tables(model, layers, predictor, on_step=on_step)
         if bar is not None and hasattr(bar, 'file'):

@@ -18,7 +18,9 @@ Variants of the sensitivity search:
   others   on --search-images other images of the split;
   context  on the calibration image with every other layer quantized at G_avg;
   fisher   on the calibration image, the diagonal-Fisher estimate of the calib
-           tables (--fisher-samples label draws per item).
+           tables (--fisher-samples label draws per item);
+  fisher-full  the same label draws, scored with the sampled full Fisher
+           1/2 mean_s (g_s . dx)^2 (couplings kept; sensitivity='fisher-full').
 
 For every variant other than calib (when calib runs too) it also prints the agreement
 with calib's tables (mean Spearman rank correlation over the candidates, per layer kind,
@@ -26,7 +28,7 @@ on the layers calib measures) and the layers it allocates another G, and for eve
 variant the seconds of its search, also in float forwards of the calibration image.
 
     python tools/allocation_study.py --model mask-rcnn --bits 4 --eval-images 48 \\
-        --calib-index 0 1 2 3 4 5 --variants calib fisher
+        --calib-index 0 1 2 3 4 5 --variants calib fisher fisher-full
 """
 import argparse
 import copy
@@ -47,11 +49,11 @@ from igq_plugin.mm.evaluation import _prepared_runner, load_config
 from igq_plugin.mm.predictors import build_predictor
 from igq_plugin.nn import QuantState, float_run, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode, set_mode
-from igq_plugin.search import (DEFAULT_FISHER_SAMPLES, allocate_groups, check_sensitivity,
-                               fisher_tables, kl_divergence, model_costs, sensitivity_tables)
+from igq_plugin.search import (allocate_groups, check_sensitivity, fisher_tables,
+                               kl_divergence, model_costs, sensitivity_tables)
 from igq_plugin.search.bops import reference_groups
 
-VARIANTS = ('calib', 'flip', 'augment', 'others', 'context', 'fisher')
+VARIANTS = ('calib', 'flip', 'augment', 'others', 'context', 'fisher', 'fisher-full')
 
 
 def augmented_views(batch: dict) -> list[dict]:
@@ -97,10 +99,11 @@ def context_tables(model, layers, predictor, g_avg):
 
 def variant_tables(variant, model, layers, calib, search, args):
     """The sensitivity tables of one search variant (the model in ``CALIBRATING``)."""
-    if variant == 'fisher':
+    if variant in ('fisher', 'fisher-full'):
         with float_run(model):
             predictor = build_predictor(model, calib)
-        return fisher_tables(model, layers, predictor, args.fisher_samples)
+        return fisher_tables(model, layers, predictor, args.fisher_samples,
+                             full=variant == 'fisher-full')
     if variant == 'context':
         with float_run(model):
             predictor = build_predictor(model, calib, reuse_prefix=False)
@@ -203,11 +206,13 @@ def main(argv=None) -> int:
     parser.add_argument('--search-images', type=int, default=4,
                         help='images of the "others" variant, after the held-out ones')
     parser.add_argument('--variants', nargs='+', default=['calib'], choices=VARIANTS)
-    parser.add_argument('--fisher-samples', type=int, default=DEFAULT_FISHER_SAMPLES,
-                        help='label draws per item of the fisher variant')
+    parser.add_argument('--fisher-samples', type=int, default=None,
+                        help='label draws per item of the fisher and fisher-full variants '
+                             '(default: each estimator\'s, 4 and 16)')
     parser.add_argument('--out', default='work_dirs/allocation_study')
     args = parser.parse_args(argv)
-    check_sensitivity('fisher', args.fisher_samples)  # before the long set-up
+    for variant in set(args.variants) & {'fisher', 'fisher-full'}:  # before the set-up
+        check_sensitivity(variant, args.fisher_samples)
     task = task_of(args.model)
     spec = task.models[args.model]
     root = (args.data or task.default_data).rstrip('/') + '/'
@@ -234,12 +239,12 @@ def main(argv=None) -> int:
         for name, result in results.items():
             kl = result['kl']
             wins = sum(v < b for v, b in zip(kl, base))
-            print(f'calibration image {index}: {name:9s} kl {sum(kl) / len(kl):.6f}, below '
+            print(f'calibration image {index}: {name:11s} kl {sum(kl) / len(kl):.6f}, below '
                   f'igq-fixed on {wins}/{len(kl)} held-out images', flush=True)
         for name in args.variants:
             result = results[name]
             result['float_forward_seconds'] = unit
-            print(f'calibration image {index}: {name:9s} search {result["seconds"]:.2f} s = '
+            print(f'calibration image {index}: {name:11s} search {result["seconds"]:.2f} s = '
                   f'{result["seconds"] / unit:.1f} float forwards ({unit * 1e3:.1f} ms each)')
             if name == 'calib' or 'calib' not in results:
                 continue
@@ -247,7 +252,7 @@ def main(argv=None) -> int:
                                             results['calib']['allocation'],
                                             result['allocation'])
             result.update(spearman=kinds, changed=changed)
-            print(f'calibration image {index}: {name:9s} vs calib: another G in '
+            print(f'calibration image {index}: {name:11s} vs calib: another G in '
                   f'{len(changed)}/{len(result["allocation"])} layers; Spearman over the '
                   f'candidates: ' + ', '.join(f'{kind} {rho:.2f} ({count})' for kind, (rho, count)
                                               in sorted(kinds.items())), flush=True)
@@ -259,7 +264,7 @@ def main(argv=None) -> int:
           f'{args.calib_index}')
     for name in summary[args.calib_index[0]]:
         values = [summary[i][name] for i in args.calib_index]
-        print(f'  {name:9s} ' + ' '.join(f'{v:.6f}' for v in values) +
+        print(f'  {name:11s} ' + ' '.join(f'{v:.6f}' for v in values) +
               f'  mean {sum(values) / len(values):.6f}')
     with open(osp.join(args.out, f'summary_w{args.bits}.json'), 'w') as f:
         json.dump(summary, f, indent=1)

@@ -13,7 +13,7 @@ from mmengine.registry import HOOKS
 from ..calibration import check_quantized
 from ..nn import QuantState, import_state, set_quant_state
 from ..quant import QuantMode, set_mode
-from ..search import DEFAULT_FISHER_SAMPLES, check_sensitivity
+from ..search import check_sensitivity
 from .calibration import calibrate_mm_model, log_report, take_calibration_batches
 from .convert import fit_float_checkpoint, mm_settings, quantize_mm_model
 from .predictors import check_predictable, check_search_rois
@@ -52,10 +52,12 @@ class IGQCalibrationHook(Hook):
             in docs/method.md, section 5; a smaller count makes the search faster.
         sensitivity: estimator of the allocation's sensitivity tables
             (``method='igq'``): ``'exact'`` (default; one partial forward per layer
-            and candidate G) or ``'fisher'`` (a diagonal-Fisher estimate from one
-            forward and ``fisher_samples`` backward passes per calibration image; see
-            :func:`igq_plugin.calibrate_model`).
-        fisher_samples: labels drawn per item for ``sensitivity='fisher'``.
+            and candidate G), ``'fisher'`` (a diagonal-Fisher estimate from one
+            forward and ``fisher_samples`` backward passes per calibration image) or
+            ``'fisher-full'`` (the same passes, the sampled full Fisher); see
+            :func:`igq_plugin.calibrate_model`.
+        fisher_samples: labels drawn per item for the Fisher estimators; ``None``:
+            the estimator's default (4 for ``'fisher'``, 16 for ``'fisher-full'``).
     """
 
     priority = 'VERY_HIGH'
@@ -63,7 +65,7 @@ class IGQCalibrationHook(Hook):
     def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
                  state_file: str | None = None, save_state: bool = True,
                  search_rois: int | None = None, sensitivity: str = 'exact',
-                 fisher_samples: int = DEFAULT_FISHER_SAMPLES, **moved):
+                 fisher_samples: int | None = None, **moved):
         for key in moved:
             if key not in MOVED_ARGUMENTS:
                 raise TypeError(f'IGQCalibrationHook got an unexpected argument {key!r}')

@@ -9,8 +9,10 @@ from .bops import (DEFAULT_CANDIDATES, FLOAT_OP_BOPS, LayerCost, budget_bops,
 from .model_costs import layer_cost, model_costs, total_bops
 from .sensitivity import (FisherPredictor, SensitivityPredictor, apply_allocation,
                           kl_divergence, mean_kl, sensitivity_tables)
-from .fisher import (DEFAULT_FISHER_SAMPLES, SENSITIVITY_ESTIMATORS, check_sensitivity,
-                     diagonal_fisher, fisher_tables, quadratic_kl, sampled_log_likelihood)
+from .fisher import (DEFAULT_FISHER_FULL_SAMPLES, DEFAULT_FISHER_SAMPLES, FISHER_ESTIMATORS,
+                     SENSITIVITY_ESTIMATORS, check_sensitivity, diagonal_fisher,
+                     fisher_tables, quadratic_kl, sampled_log_likelihood,
+                     sampled_quadratic_kl, sampled_scores)
 
 __all__ = [
     'AllocationResult', 'allocate_groups',
@@ -18,6 +20,8 @@ __all__ = [
     'allocation_summary', 'budget_bops', 'capped_candidates', 'cost_table', 'layer_bops',
     'solve_allocation', 'layer_cost', 'model_costs', 'total_bops', 'apply_allocation',
     'kl_divergence', 'mean_kl', 'sensitivity_tables', 'SensitivityPredictor',
-    'FisherPredictor', 'DEFAULT_FISHER_SAMPLES', 'SENSITIVITY_ESTIMATORS', 'check_sensitivity',
-    'diagonal_fisher', 'fisher_tables', 'quadratic_kl', 'sampled_log_likelihood'
+    'FisherPredictor', 'DEFAULT_FISHER_FULL_SAMPLES', 'DEFAULT_FISHER_SAMPLES',
+    'FISHER_ESTIMATORS', 'SENSITIVITY_ESTIMATORS', 'check_sensitivity', 'diagonal_fisher',
+    'fisher_tables', 'quadratic_kl', 'sampled_log_likelihood', 'sampled_quadratic_kl',
+    'sampled_scores'
 ]

@@ -27,6 +27,18 @@ softmax row's small probabilities all round towards zero): this, more than the f
 label draws or the terms beyond second order, is where the estimate departs from the
 exact tables (``tools/allocation_study.py --variants calib fisher`` measures the
 agreement and the resulting allocations).
+
+The ``'fisher-full'`` estimator keeps the couplings. It stores the S sampled scores
+``g_s`` (the gradient of ``sum_r log p_r(y_{r,s})``) instead of their squares and scores
+every candidate by the sampled quadratic form::
+
+    Omega_l(G) ~= 1/2 * mean_s (g_s . dx)^2 / R,    dx = fakequant_G(x_l) - x_l
+
+Since ``E[g_s g_s^T] = F_l`` (the cross-item terms ``g_r g_q^T``, r != q, have zero mean)
+this is an unbiased estimate of ``1/2 dx^T F_l dx`` with every off-diagonal term, at
+the same forward and backward passes as the diagonal; the price is variance (the
+cross-item and cross-element terms cancel only on average over the draws) and memory
+(S gradients per captured activation instead of one diagonal).
 """
 from __future__ import annotations
 
@@ -42,27 +54,47 @@ from ..nn.layers import QKVQuantizer
 from ..quant import IGQQuantizer, QuantMode, WeightQuantizer, quant_mode
 from .sensitivity import FisherPredictor
 
-SENSITIVITY_ESTIMATORS = ('exact', 'fisher')
+SENSITIVITY_ESTIMATORS = ('exact', 'fisher', 'fisher-full')
 DEFAULT_FISHER_SAMPLES = 4
+# the full form needs more draws: its cross-item and cross-element terms cancel only on
+# average (tools/allocation_study.py: at S = 4 its tables rank the candidates worse than
+# the diagonal's; at S = 16 better)
+DEFAULT_FISHER_FULL_SAMPLES = 16
+# the Fisher estimators (everything but 'exact'): they need a FisherPredictor
+FISHER_ESTIMATORS = ('fisher', 'fisher-full')
+# elements per float64 block of the projections g_s . dx (bounds the float64 copy)
+_PROJECTION_BLOCK = 1 << 16
 
 
-def check_sensitivity(sensitivity: str, fisher_samples: int) -> tuple[str, int]:
+def check_sensitivity(sensitivity: str, fisher_samples: int | None = None
+                      ) -> tuple[str, int]:
     """Validate the sensitivity estimator and its sample count (before any forward).
 
+    Args:
+        sensitivity: one of :data:`SENSITIVITY_ESTIMATORS`.
+        fisher_samples: label draws per item of the Fisher estimators; ``None``: the
+            estimator's default (:data:`DEFAULT_FISHER_FULL_SAMPLES` for
+            ``'fisher-full'``, else :data:`DEFAULT_FISHER_SAMPLES`).
+
     Returns:
-        ``(sensitivity, fisher_samples)`` unchanged.
+        ``(sensitivity, fisher_samples)``, the count resolved.
 
     Raises:
-        ValueError: an unknown estimator, or a sample count that is not a positive
-            integer.
+        ValueError: an unknown estimator, or a sample count that is not ``None`` or a
+            positive integer.
 
     Example:
         >>> check_sensitivity('fisher', 8)
         ('fisher', 8)
+        >>> check_sensitivity('fisher-full')
+        ('fisher-full', 16)
     """
     if not isinstance(sensitivity, str) or sensitivity not in SENSITIVITY_ESTIMATORS:
         raise ValueError(f'sensitivity={sensitivity!r} is not a sensitivity estimator: allowed '
                          f'are {SENSITIVITY_ESTIMATORS}')
+    if fisher_samples is None:
+        fisher_samples = (DEFAULT_FISHER_FULL_SAMPLES if sensitivity == 'fisher-full'
+                          else DEFAULT_FISHER_SAMPLES)
     if isinstance(fisher_samples, bool) or not isinstance(fisher_samples, numbers.Integral) \
             or fisher_samples < 1:
         raise ValueError(f'fisher_samples={fisher_samples!r}: the labels drawn per item (one '
@@ -92,6 +124,18 @@ def sampled_log_likelihood(log_probs: torch.Tensor, samples: int,
     return log_probs.gather(1, labels).sum(0)
 
 
+def _sampled_gradients(log_probs: torch.Tensor, activations: Sequence[torch.Tensor],
+                       samples: int, generator: torch.Generator | None
+                       ) -> Iterator[tuple[int, tuple[torch.Tensor | None, ...]]]:
+    """Per draw s, ``(s, grads)``: the gradients of ``sum_r log p_r(y_{r,s})`` w.r.t.
+    ``activations`` (``None`` where ``log_probs`` does not depend on one); the graph is
+    kept until the last draw."""
+    likelihood = sampled_log_likelihood(log_probs, samples, generator)
+    for draw in range(samples):
+        yield draw, torch.autograd.grad(likelihood[draw], list(activations),
+                                        retain_graph=draw < samples - 1, allow_unused=True)
+
+
 def diagonal_fisher(log_probs: torch.Tensor, activations: Sequence[torch.Tensor],
                     samples: int, generator: torch.Generator | None = None
                     ) -> list[torch.Tensor | None]:
@@ -111,10 +155,7 @@ def diagonal_fisher(log_probs: torch.Tensor, activations: Sequence[torch.Tensor]
     fisher: list[torch.Tensor | None] = [None] * len(activations)
     if not log_probs.requires_grad or not activations:
         return fisher
-    likelihood = sampled_log_likelihood(log_probs, samples, generator)
-    for draw in range(samples):
-        grads = torch.autograd.grad(likelihood[draw], list(activations),
-                                    retain_graph=draw < samples - 1, allow_unused=True)
+    for _, grads in _sampled_gradients(log_probs, activations, samples, generator):
         for index, grad in enumerate(grads):
             if grad is None:
                 continue
@@ -132,6 +173,64 @@ def quadratic_kl(fisher: torch.Tensor, delta: torch.Tensor) -> float:
         1.5
     """
     return 0.5 * float((fisher.double() * delta.double().square()).sum())
+
+
+def sampled_scores(log_probs: torch.Tensor, activations: Sequence[torch.Tensor],
+                   samples: int, generator: torch.Generator | None = None
+                   ) -> list[torch.Tensor | None]:
+    """The S sampled scores of the items' distributions w.r.t. each of ``activations``.
+
+    Takes the arguments of :func:`diagonal_fisher` (``log_probs`` ``[R, K]``, S =
+    ``samples`` backward passes) and draws the same labels for the same generator state.
+
+    Returns:
+        Per activation of shape ``[*A]``, a float32 ``[S, *A]`` tensor whose row s is
+        ``g_s = d(sum_r log p_r(y_{r,s})) / dx``, so that ``mean_s g_s g_s^T`` is an
+        unbiased estimate of the full Fisher ``sum_r E_{y ~ p_r}[g_r g_r^T]`` (the
+        cross-item terms have zero mean); ``None`` where ``log_probs`` does not depend
+        on it (its Fisher is 0). ``mean_s g_s^2`` is :func:`diagonal_fisher`.
+    """
+    scores: list[torch.Tensor | None] = [None] * len(activations)
+    if not log_probs.requires_grad or not activations:
+        return scores
+    for draw, grads in _sampled_gradients(log_probs, activations, samples, generator):
+        for index, grad in enumerate(grads):
+            if grad is None:  # then in every draw: the graph is the same
+                continue
+            if scores[index] is None:  # filled row by row: no second [S, *A] copy
+                scores[index] = torch.empty((samples, *grad.shape), dtype=torch.float32,
+                                            device=grad.device)
+            scores[index][draw].copy_(grad.detach())
+    return scores
+
+
+def sampled_quadratic_kl(scores: torch.Tensor, delta: torch.Tensor) -> float:
+    """Second-order KL of a change ``delta`` under the sampled full Fisher:
+    ``1/2 * mean_s (scores[s] . delta)^2``.
+
+    Args:
+        scores: ``[S, *A]`` sampled scores (:func:`sampled_scores`).
+        delta: ``[*A]`` the change of the activation.
+
+    The dot products are computed in float64 (block by block, so the float64 copy of
+    ``scores`` stays small): ``g_s . dx`` sums millions of terms of both signs, whose
+    sum can be far smaller than their magnitudes.
+
+    Example:
+        >>> g = torch.tensor([[1.0, 1.0], [1.0, -1.0]])  # mean_s g g^T = I
+        >>> sampled_quadratic_kl(g, torch.tensor([1.0, 0.5]))  # 1/2 (1.5^2 + 0.5^2) / 2
+        0.625
+    """
+    if scores.shape[1:] != delta.shape:
+        raise ValueError(f'scores {tuple(scores.shape)} do not match the change '
+                         f'{tuple(delta.shape)}: expected [S, *change]')
+    scores = scores.reshape(scores.shape[0], -1)  # [S, N]
+    delta = delta.reshape(-1)  # [N]
+    projections = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
+    for start in range(0, delta.numel(), _PROJECTION_BLOCK):
+        stop = start + _PROJECTION_BLOCK
+        projections += scores[:, start:stop].double() @ delta[start:stop].double()
+    return 0.5 * float(projections.square().mean())
 
 
 @dataclass
@@ -244,43 +343,67 @@ def captured_activations(model: nn.Module, layers: Mapping[str, IGQQuantizer]
         captures.clear()
 
 
-def _candidate_kls(capture: _Capture, fisher: torch.Tensor) -> dict[int, float]:
-    """``1/2 sum(F (fakequant_G(x) - x)^2)`` of one captured call, for every candidate G."""
+def _candidate_deltas(capture: _Capture) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(G, fakequant_G(x) - x)`` of one captured call for every candidate G, one at a
+    time (float32, shaped like the quantizer's input); the quantizer's state is restored
+    when the iteration ends."""
     quantizer = capture.quantizer
     x = capture.select(capture.tap.detach())
     active, instances = int(quantizer.groups), quantizer.num_instances
-    kls = {}
     try:
         quantizer.num_instances = capture.num_instances  # as in the call
         with torch.no_grad():
             for groups in quantizer.candidates:
                 quantizer.set_groups(groups)
-                kls[groups] = quadratic_kl(fisher, quantizer.quantize(x).float() - x.float())
+                yield groups, quantizer.quantize(x).float() - x.float()
     finally:
         quantizer.set_groups(active)
         quantizer.num_instances = instances
-    return kls
+
+
+def _candidate_kls(capture: _Capture, fisher: torch.Tensor) -> dict[int, float]:
+    """``1/2 sum(F (fakequant_G(x) - x)^2)`` of one captured call, for every candidate G;
+    ``fisher`` is the diagonal ``[*tap]``, its slice of this quantizer taken here."""
+    fisher = capture.select(fisher)
+    return {groups: quadratic_kl(fisher, delta) for groups, delta in _candidate_deltas(capture)}
+
+
+def _candidate_full_kls(capture: _Capture, scores: torch.Tensor) -> dict[int, float]:
+    """``1/2 mean_s (g_s . (fakequant_G(x) - x))^2`` of one captured call, for every
+    candidate G; ``scores`` is ``[S, *tap]``, its slice of this quantizer taken here."""
+    # one contiguous [S, *x] copy per call (a strided Q/K/V third), not one per candidate
+    scores = capture.select(scores).contiguous()
+    return {groups: sampled_quadratic_kl(scores, delta)
+            for groups, delta in _candidate_deltas(capture)}
 
 
 def fisher_tables(model: nn.Module, layers: Mapping[str, IGQQuantizer],
-                  predictor: FisherPredictor, samples: int = DEFAULT_FISHER_SAMPLES,
-                  seed: int = 0, on_step: Callable[[], None] | None = None
-                  ) -> dict[str, dict[int, float]]:
-    """Sensitivity tables from the diagonal Fisher (the ``'fisher'`` estimator).
+                  predictor: FisherPredictor, samples: int | None = None,
+                  seed: int = 0, on_step: Callable[[], None] | None = None, *,
+                  full: bool = False) -> dict[str, dict[int, float]]:
+    """Sensitivity tables from the Fisher: its diagonal (the ``'fisher'`` estimator) or,
+    with ``full=True``, the sampled full quadratic form (``'fisher-full'``).
 
     Per calibration image: one float forward with every quantizer input of ``layers``
     captured, ``samples`` backward passes to all of them at once, then every candidate
-    of every layer scored from the cached activation. Only one image's graph,
-    activations and Fisher diagonals are alive at a time.
+    of every layer scored from the cached activation: ``1/2 sum(F * dx^2)`` with the
+    diagonal ``F`` (:func:`diagonal_fisher`), or ``1/2 mean_s (g_s . dx)^2`` with the
+    S sampled scores (:func:`sampled_scores`, :func:`sampled_quadratic_kl`). Only one
+    image's graph, activations and Fisher diagonals (or ``[S, *activation]`` scores)
+    are alive at a time.
 
     Args:
         model: the model holding ``layers`` (computed float throughout).
         layers: calibrated IGQ quantizers by name.
         predictor: differentiable log-probabilities of the calibration images
             (:class:`~.sensitivity.FisherPredictor`).
-        samples: S label draws per image (S backward passes).
-        seed: seed of the label draws (the tables are reproducible).
+        samples: S label draws per image (S backward passes); ``None``: the
+            estimator's default (:func:`check_sensitivity`).
+        seed: seed of the label draws (the tables are reproducible; both forms draw
+            the same labels for the same seed).
         on_step: called after every calibration image (progress reporting).
+        full: score with the sampled full Fisher (couplings kept) instead of its
+            diagonal; S times the diagonal's memory for the per-image gradients.
 
     Returns:
         ``{layer: {G: Omega}}`` for every candidate G of every layer, on the scale of
@@ -293,10 +416,14 @@ def fisher_tables(model: nn.Module, layers: Mapping[str, IGQQuantizer],
             yields no image, or log-probabilities that are not ``[R, K]``.
         RuntimeError: a captured activation was changed in place after the quantizer.
     """
-    check_sensitivity('fisher', samples)
+    estimator = 'fisher-full' if full else 'fisher'
+    _, samples = check_sensitivity(estimator, samples)
     if not isinstance(predictor, FisherPredictor):
-        raise TypeError(f"sensitivity='fisher' needs a predictor with log_probs() (differentiable "
-                        f'log-probabilities); {type(predictor).__name__} has none')
+        raise TypeError(f"sensitivity={estimator!r} needs a predictor with log_probs() "
+                        f'(differentiable log-probabilities); {type(predictor).__name__} has '
+                        f'none')
+    estimate, score = (sampled_scores, _candidate_full_kls) if full else \
+        (diagonal_fisher, _candidate_kls)
     sums = {name: dict.fromkeys(q.candidates, 0.0) for name, q in layers.items()}
     images, generator = 0, None
     with captured_activations(model, layers) as captures, torch.enable_grad():
@@ -314,14 +441,15 @@ def fisher_tables(model: nn.Module, layers: Mapping[str, IGQQuantizer],
                 if generator is None:
                     generator = torch.Generator(device=log_probs.device).manual_seed(seed)
                 taps = list({id(c.tap): c.tap for c in captures}.values())
-                fisher = dict(zip(map(id, taps), diagonal_fisher(log_probs, taps, samples,
-                                                                 generator)))
+                # per tap: the diagonal [*tap] or the S scores [S, *tap]
+                fisher = dict(zip(map(id, taps), estimate(log_probs, taps, samples,
+                                                          generator)))
                 for capture in captures:
-                    diagonal = fisher[id(capture.tap)]
-                    if diagonal is None:
+                    estimated = fisher[id(capture.tap)]
+                    if estimated is None:
                         continue
                     table = sums[capture.name]
-                    for groups, kl in _candidate_kls(capture, capture.select(diagonal)).items():
+                    for groups, kl in score(capture, estimated).items():
                         table[groups] += kl / items
                 del fisher, taps
             captures.clear()
