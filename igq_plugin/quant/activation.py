@@ -352,7 +352,9 @@ class _GroupTables(NamedTuple):
     """Per-group run-time parameters of an :class:`IGQQuantizer`'s active G.
 
     Every field is ``[G]``, except a zero point shared by every group (softmax groups,
-    all 0), which is 0-dim. ``sorted_*`` are the same tables in :func:`cover_order`.
+    all 0), which is 0-dim. ``sorted_*`` are the same tables in :func:`cover_order`;
+    ``cover`` holds them as :mod:`.compiled_groups` takes them (``None`` for one group,
+    or where its graphs do not apply).
     """
 
     scale: torch.Tensor
@@ -364,6 +366,7 @@ class _GroupTables(NamedTuple):
     sorted_upper: torch.Tensor
     sorted_scale: torch.Tensor
     sorted_zero: torch.Tensor
+    cover: compiled_groups.CoverTables | None  # the compiled graphs' tables (G >= 2)
 
 
 def _shared_or_all(values: torch.Tensor) -> torch.Tensor:
@@ -569,9 +572,12 @@ class IGQQuantizer(ActivationQuantizer):
             lower, upper = self.active_ranges()
             scale, zero = qparams_from_bounds(lower, upper, self.bits)
             order = cover_order(lower, upper)
+            sorted_tables = lower[order], upper[order], scale[order], _shared_or_all(zero[order])
+            cover = (compiled_groups.prepare_cover(self.kind, *sorted_tables)
+                     if order.numel() > 1 else None)
             self._tables_key, self._tables = key, _GroupTables(
-                scale, _shared_or_all(zero), *self.active_centres(), order,
-                lower[order], upper[order], scale[order], _shared_or_all(zero[order]))
+                scale, _shared_or_all(zero), *self.active_centres(), order, *sorted_tables,
+                cover)
         return self._tables
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
@@ -605,12 +611,11 @@ class IGQQuantizer(ActivationQuantizer):
         if self.assignment == 'cover':
             if tables.sorted_upper.numel() == 1:
                 return tables.sorted_scale[0], tables.sorted_zero.reshape(-1)[0], None
-            if compiled.use_compiled('igq', x, tables.sorted_scale):
+            if tables.cover is not None and compiled.use_compiled('igq', x, tables.sorted_scale):
                 view = (split_instances(x, self.channel_dim, self.num_instances)[0]
                         if self.kind == 'channel' else x)
-                params = compiled_groups.cover_parameters(
-                    view.detach(), self.kind, self.channel_dim, tables.sorted_lower,
-                    tables.sorted_upper, tables.sorted_scale, tables.sorted_zero)
+                params = compiled_groups.cover_parameters(view.detach(), self.kind,
+                                                          self.channel_dim, tables.cover)
                 if params is not None:
                     scale, inverse, zero = params
                     return scale, zero, inverse

@@ -34,6 +34,8 @@ than :data:`MAX_ROW_GROUPS`) or compiling fails, :func:`cover_parameters` return
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .compiled import CompiledGraph
@@ -107,9 +109,51 @@ def _merged(x: torch.Tensor, *shape: int) -> torch.Tensor | None:
         return None
 
 
-def cover_parameters(view: torch.Tensor, kind: str, channel_dim: int, sorted_lower: torch.Tensor,
-                     sorted_upper: torch.Tensor, sorted_scale: torch.Tensor,
-                     sorted_zero: torch.Tensor
+class CoverTables(NamedTuple):
+    """The groups' tables as the graphs take them, prepared once per active G.
+
+    ``sorted_lower``, ``sorted_upper``, ``scale``, ``inverse`` (``1 / scale``, computed
+    eagerly as the element-wise step's) are ``[G]`` in cover order; ``zero`` is ``[G]``
+    for channels and 0-dim for softmax rows (every zero point 0); ``thresholds`` are
+    the row counts' bounds ``u_g`` for ``g < widest``, padded with ``+inf`` to
+    ``[MAX_ROW_GROUPS]`` (softmax rows only, else ``None``).
+    """
+
+    sorted_lower: torch.Tensor
+    sorted_upper: torch.Tensor
+    scale: torch.Tensor
+    inverse: torch.Tensor
+    zero: torch.Tensor
+    thresholds: torch.Tensor | None
+
+
+def prepare_cover(kind: str, sorted_lower: torch.Tensor, sorted_upper: torch.Tensor,
+                  sorted_scale: torch.Tensor, sorted_zero: torch.Tensor) -> CoverTables | None:
+    """:class:`CoverTables` of groups in cover order (``G >= 2``), or ``None`` where the
+    graphs do not apply: softmax groups with a lower bound other than 0 or more than
+    :data:`MAX_ROW_GROUPS` before the first widest one.
+
+    Args:
+        kind: ``'channel'`` or ``'softmax'``.
+        sorted_lower, sorted_upper, sorted_scale: ``[G]`` in cover order.
+        sorted_zero: ``[G]``, or 0-dim (shared by every group).
+    """
+    groups = sorted_upper.numel()
+    inverse = torch.reciprocal(sorted_scale)
+    if kind == 'channel':
+        zero = sorted_zero.expand(groups).contiguous() if sorted_zero.dim() == 0 else sorted_zero
+        return CoverTables(sorted_lower, sorted_upper, sorted_scale, inverse, zero, None)
+    widest = int(torch.searchsorted(sorted_upper.contiguous(), sorted_upper[-1:]))
+    if widest > MAX_ROW_GROUPS or sorted_zero.dim() or bool(sorted_lower.any()):
+        return None
+    thresholds = torch.full((MAX_ROW_GROUPS,), float('inf'), dtype=sorted_upper.dtype,
+                            device=sorted_upper.device)
+    thresholds[:widest] = sorted_upper[:widest]
+    return CoverTables(sorted_lower, sorted_upper, sorted_scale, inverse, sorted_zero,
+                       thresholds)
+
+
+def cover_parameters(view: torch.Tensor, kind: str, channel_dim: int, tables: CoverTables
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Per-item scale, ``1 / scale`` and zero point under the ``'cover'`` rule, compiled.
 
@@ -119,40 +163,30 @@ def cover_parameters(view: torch.Tensor, kind: str, channel_dim: int, sorted_low
             for softmax rows, the map ``[..., N]``.
         kind: ``'channel'`` or ``'softmax'``.
         channel_dim: ``-1`` or ``1`` (channels only).
-        sorted_lower, sorted_upper, sorted_scale: the groups' bounds and scales in
-            cover order, ``[G]`` (``G >= 2``).
-        sorted_zero: their zero points, ``[G]`` or 0-dim (shared).
+        tables: :func:`prepare_cover`'s tables of this quantizer's groups.
 
     Returns:
         ``(scale, inverse, zero)``, each ``[I, C]`` (channels) or ``[R]`` (rows; the
-        zero point 0-dim, shared), equal
-        to the eager gather from :func:`~igq_plugin.grouping.covering_positions`; or
-        ``None`` where this layout has no compiled graph or compiling failed.
+        zero point 0-dim, shared), equal to the eager gather from
+        :func:`~igq_plugin.grouping.covering_positions`; or ``None`` where this layout has
+        no compiled graph or compiling failed.
     """
-    groups = sorted_upper.numel()
-    inverse = torch.reciprocal(sorted_scale)  # eager, as the element-wise step's 1 / s
-    if kind == 'softmax':  # every lower bound 0, so every zero point 0 (shared)
-        widest = int(torch.searchsorted(sorted_upper.contiguous(), sorted_upper[-1:]))
-        if widest > MAX_ROW_GROUPS or sorted_zero.dim() or bool(sorted_lower.any()):
-            return None
+    if kind == 'softmax':
         rows = _merged(view, -1, view.shape[-1])
         if rows is None or not rows.is_contiguous():
             return None
-        thresholds = torch.full((MAX_ROW_GROUPS,), float('inf'), dtype=sorted_upper.dtype,
-                                device=sorted_upper.device)
-        thresholds[:widest] = sorted_upper[:widest]
-        params = _GRAPHS['_rows'](rows, thresholds, sorted_scale, inverse)
-        return None if params is None else (params[0], params[1], sorted_zero)
-    zero = sorted_zero.expand(groups) if sorted_zero.dim() == 0 else sorted_zero
+        params = _GRAPHS['_rows'](rows, tables.thresholds, tables.scale, tables.inverse)
+        return None if params is None else (params[0], params[1], tables.zero)
     instances = view.shape[0]
     if channel_dim == -1:
         tokens = _merged(view, instances, -1, view.shape[-1])
         if tokens is None or tokens.shape[1] < TOKEN_BLOCK:
             return None
         name = '_tokens_last' if tokens.is_contiguous() else '_tokens_last_strided'
-        return _GRAPHS[name](tokens, sorted_lower, sorted_upper, sorted_scale, inverse, zero)
-    flat = _merged(view, instances, view.shape[1], -1)
-    if flat is None or not flat.is_contiguous():
-        return None
-    return _GRAPHS['_channels_first'](flat, sorted_lower, sorted_upper, sorted_scale, inverse,
-                                      zero)
+    else:
+        tokens = _merged(view, instances, view.shape[1], -1)
+        if tokens is None or not tokens.is_contiguous():
+            return None
+        name = '_channels_first'
+    return _GRAPHS[name](tokens, tables.sorted_lower, tables.sorted_upper, tables.scale,
+                         tables.inverse, tables.zero)

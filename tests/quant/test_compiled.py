@@ -322,7 +322,8 @@ def test_igq_layouts_without_a_graph_run_eager(group_parameters):
     softmax = calibrate(IGQQuantizer(4, kind='softmax', groups=many, candidates=(many,)),
                         attention(6, 49, 49, seed=43))
     assert_same(softmax, attention(8, 49, 49, seed=44))
-    assert group_parameters == [False, False]
+    assert softmax._active_tables().cover is None  # no compiled tables for so many groups
+    assert group_parameters == [False]
 
 
 @pytest.mark.parametrize('shape', [(96, 288), (24, 12, 3, 3)])
