@@ -71,13 +71,14 @@ from igq_plugin import check_quantized
 from igq_plugin.mm import calibrate_mm_model, quantize_mm_model
 from igq_plugin.mm import calibration as mm_calibration_module
 from igq_plugin.nn import igq_quantizers
+from igq_plugin.search import FISHER_ESTIMATORS
 from igq_plugin.quant import (ActivationQuantizer, IGQQuantizer, PerTensorQuantizer, QuantMode,
                               StaticGroupQuantizer, UpperBoundQuantizer, compiled, qmax,
                               qparams_from_bounds, quant_mode)
 
 CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 PARTS = ('inference', 'quantizers', 'calibration', 'memory')
-SEARCHES = ('fast', 'naive', 'fisher')
+SEARCHES = ('fast', 'naive', 'fisher', 'fisher-full')
 BITS = 4
 PAD_DIVISOR = 32  # the config's data_preprocessor pads images to multiples of 32
 # Swin-T (mmdet's config): embed dims 96, heads per stage, window 7, MLP ratio 4
@@ -117,6 +118,7 @@ CALIBRATION_VARIANT = Variant('igq G_avg=8', quantized('igq', 8))
 # the calibration's callees timed by the calibration part, in call order, by module
 MM_CALIBRATION_PHASES = ('build_predictor',)
 # sensitivity_tables: the exact search (fast / naive); fisher_tables: sensitivity='fisher'
+# and 'fisher-full'
 CORE_CALIBRATION_PHASES = ('finalize_calibration', 'sensitivity_tables', 'fisher_tables',
                            'allocate_groups')
 CALIBRATION_PHASES = MM_CALIBRATION_PHASES + CORE_CALIBRATION_PHASES
@@ -184,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--search', nargs='+', choices=SEARCHES, default=['fast'],
                         help='sensitivity searches to time in the calibration part (fast: the '
                              'default exact search; naive: one full forward per layer and '
-                             'candidate, slow; fisher: sensitivity=\'fisher\'); the first is '
+                             'candidate, slow; fisher, fisher-full: sensitivity=\'fisher\', '
+                             '\'fisher-full\'); the first is '
                              'the reference of "layers with another G"')
     parser.add_argument('--search-rois', type=positive(int), nargs='*', default=[],
                         metavar='K',
@@ -648,7 +651,7 @@ def calibrate_once(args: argparse.Namespace, device: torch.device, float_state: 
             timed_callees(core_calibration_module, CORE_CALIBRATION_PHASES) as seconds:
         report = calibrate(model, batches, reuse_prefix=search != 'naive',
                            search_rois=search_rois,
-                           sensitivity='fisher' if search == 'fisher' else 'exact')
+                           sensitivity=search if search in FISHER_ESTIMATORS else 'exact')
     seconds.update(mm_seconds)
     synchronize(device)
     layers = igq_quantizers(model)

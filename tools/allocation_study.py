@@ -33,6 +33,7 @@ variant the seconds of its search, also in float forwards of the calibration ima
 import argparse
 import copy
 import json
+import math
 import os
 import os.path as osp
 import sys
@@ -266,6 +267,15 @@ def main(argv=None) -> int:
         values = [summary[i][name] for i in args.calib_index]
         print(f'  {name:11s} ' + ' '.join(f'{v:.6f}' for v in values) +
               f'  mean {sum(values) / len(values):.6f}')
+    if 'calib' in summary[args.calib_index[0]]:  # paired with the exact search, image by image
+        for name in summary[args.calib_index[0]]:
+            if name == 'calib':
+                continue
+            pairs = [(summary[i][name], summary[i]['calib']) for i in args.calib_index]
+            ratio = sum(math.log(v / c) for v, c in pairs) / len(pairs)
+            print(f'  {name:11s} vs calib: kl at most calib\'s on '
+                  f'{sum(v <= c for v, c in pairs)}/{len(pairs)} calibration images, mean log '
+                  f'ratio {100 * ratio:+.2f} %')
     with open(osp.join(args.out, f'summary_w{args.bits}.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     return 0

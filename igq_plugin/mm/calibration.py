@@ -17,7 +17,7 @@ from torch import nn
 from ..calibration import CalibrationReport, calibrate_model, eval_mode
 from ..nn import float_run, require_record
 from ..report import format_table
-from ..search import DEFAULT_FISHER_SAMPLES, check_sensitivity
+from ..search import check_sensitivity
 from .predictors import build_predictor, check_search_rois
 
 
@@ -53,7 +53,7 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
                        progress: Callable[[int], object] | None = ProgressBar,
                        reuse_prefix: bool = True, search_rois: int | None = None,
                        sensitivity: str = 'exact',
-                       fisher_samples: int = DEFAULT_FISHER_SAMPLES) -> CalibrationReport:
+                       fisher_samples: int | None = None) -> CalibrationReport:
     """Calibrate a converted mm model and, for ``method='igq'``, allocate groups.
 
     Args:
@@ -66,9 +66,9 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
             best-scored proposals; ``None`` (default) takes all of them, the
             definition in docs/method.md, section 5. See
             :class:`~.predictors.RoIClassPredictor`.
-        sensitivity: ``'exact'`` or ``'fisher'``, the estimator of the sensitivity
-            tables; ``fisher_samples``: its label draws per item (see
-            :func:`igq_plugin.calibrate_model`).
+        sensitivity: ``'exact'``, ``'fisher'`` or ``'fisher-full'``, the estimator of
+            the sensitivity tables; ``fisher_samples``: its label draws per item
+            (``None``: the estimator's default; see :func:`igq_plugin.calibrate_model`).
 
     Returns:
         A :class:`~igq_plugin.CalibrationReport`; the model is left in quantized mode.

@@ -100,7 +100,7 @@ def test_hook_runs_the_fisher_search(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(sensitivity='kl'), r"IGQCalibrationHook: sensitivity='kl'.*\('exact', 'fisher'\)"),
+    (dict(sensitivity='kl'), r"IGQCalibrationHook: sensitivity='kl'.*\('exact', 'fisher', 'fisher-full'\)"),
     (dict(sensitivity='fisher', fisher_samples=0), 'IGQCalibrationHook: fisher_samples=0'),
 ])
 def test_hook_refuses_bad_sensitivity_at_construction(kwargs, match):
