@@ -75,6 +75,8 @@ def _cover(lower: torch.Tensor, upper: torch.Tensor, sorted_lower: torch.Tensor,
     return torch.argmin(clipped, dim=-1)
 
 
+# Contiguous and strided inputs (the Q, K and V thirds of a fused qkv output) get their
+# own function, i.e. their own code object and graph cache, as in .compiled.
 def _tokens_last(tokens, sorted_lower, sorted_upper, scale, inverse, zero):
     lower, upper = _token_ranges(tokens)  # [I, T, C] -> [I, C]
     return _gather(_cover(lower, upper, sorted_lower, sorted_upper), scale, inverse, zero)
