@@ -31,6 +31,9 @@ Parts (``--parts``, default all):
   (the warm-up image, whose first quantized call imports and runs the compiler, and the
   timed images) and after the warm-up alone.
 
+``--reuse-freed-memory`` runs the inference, quantizers and memory parts with freed
+host memory kept in glibc's heap (:mod:`igq_plugin.host_memory`), float included.
+
 Writes ``--out`` (JSON) and a markdown table next to it (``benchmark.md``), and
 prints the table. Small CPU run::
 
@@ -68,6 +71,7 @@ from torch import nn
 import igq_plugin.mm  # noqa: F401  (registers IGQBackbone in MMEngine's root MODELS)
 import igq_plugin.calibration as core_calibration_module
 from igq_plugin import check_quantized
+from igq_plugin.host_memory import reuse_freed_memory
 from igq_plugin.mm import calibrate_mm_model, quantize_mm_model
 from igq_plugin.mm import calibration as mm_calibration_module
 from igq_plugin.nn import igq_quantizers
@@ -204,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--memory-repeats', type=positive(int), default=3,
                         help='fresh processes per variant in the memory part; ratios of '
                              'the medians (default: 3)')
+    parser.add_argument('--reuse-freed-memory', action='store_true',
+                        help='keep freed host memory for reuse '
+                             '(IGQCalibrationHook(reuse_freed_memory=True)) in the inference, '
+                             'quantizers and memory parts, for every variant, float '
+                             'included, from after calibration on')
     parser.add_argument('--out', default='work_dirs/benchmark/benchmark.json',
                         help='JSON result file; benchmark.md is written next to it')
     parser.add_argument('--_memory-child', dest='memory_child', default=None,
@@ -420,6 +429,13 @@ def time_predict(model: nn.Module, batches: list[dict], device: torch.device) ->
 
 # -- part 1: inference -------------------------------------------------------------------
 
+def apply_reuse_freed_memory() -> None:
+    """``--reuse-freed-memory``: as the hook applies it after calibration; refuses to
+    report figures under a setting that did not take effect."""
+    if not reuse_freed_memory():
+        raise RuntimeError('--reuse-freed-memory needs glibc (Linux); it is not available')
+
+
 def run_inference(args: argparse.Namespace, device: torch.device, float_state: dict) -> dict:
     """Seconds per image of every variant, and the ratio to float.
 
@@ -435,6 +451,8 @@ def run_inference(args: argparse.Namespace, device: torch.device, float_state: d
         batches = make_batches(model, args.image_size, args.images, args.seed)
         predict(model, batches[0])  # warm-up
         prepared.append((variant, model, report, batches, [], [], []))
+    if args.reuse_freed_memory:
+        apply_reuse_freed_memory()
     for index in range(args.images):
         print_log(f'benchmark: inference, image {index + 1} of {args.images}, every variant',
                   logger='current')
@@ -572,6 +590,8 @@ def run_quantizers(args: argparse.Namespace, device: torch.device) -> dict:
     """Elements per second of each quantizer, compiled and eager, on each Swin-T
     activation shape; first-call (compile) and cached-call seconds."""
     gen = torch.Generator().manual_seed(args.seed)
+    if args.reuse_freed_memory:
+        apply_reuse_freed_memory()
     rows = []
     for spec in swin_t_shapes(args.image_size):
         print_log(f'benchmark: quantizers, {spec["name"]} {spec["shape"]}', logger='current')
@@ -733,6 +753,8 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> dict:
     batches = make_batches(model, args.image_size, args.images, args.seed)
     del float_state
     release(device)
+    if args.reuse_freed_memory:
+        apply_reuse_freed_memory()
     # VmHWM, not ru_maxrss: Linux carries the parent's resident size at the fork over
     # exec into ru_maxrss (2 GB after the inference part ran in the parent)
     setup_peak = _proc_status_mib('VmHWM')
@@ -772,6 +794,8 @@ def child_command(args: argparse.Namespace, variant: Variant, out: str) -> list[
                '--images', str(args.images), '--score-thr', str(args.score_thr), '--out', out]
     if args.threads is not None:
         command += ['--threads', str(args.threads)]
+    if args.reuse_freed_memory:
+        command.append('--reuse-freed-memory')
     return command
 
 
@@ -833,7 +857,9 @@ def markdown(results: dict) -> str:
     out = [f'# IGQ benchmark: Mask R-CNN Swin-T, W{BITS}/A{BITS}',
            f'{machine["device_name"]} ({machine["device"]}), {machine["cpu_count"]} CPUs, '
            f'{machine["torch_threads"]} torch threads, torch {machine["torch"]}; '
-           f'seed {results["settings"]["seed"]}']
+           f'seed {results["settings"]["seed"]}'
+           + ('; freed host memory reused (--reuse-freed-memory)'
+              if results['settings'].get('reuse_freed_memory') else '')]
     if 'inference' in results:
         part = results['inference']
         out += ['', f'## Inference ({"x".join(map(str, part["image_size"]))}, '
@@ -923,7 +949,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         parts=list(args.parts), device=args.device, threads=args.threads, seed=args.seed,
         image_size=list(args.image_size), calib_image_size=list(args.calib_image_size),
         images=args.images, search=list(args.search), search_rois=list(args.search_rois),
-        min_time=args.min_time,
+        min_time=args.min_time, reuse_freed_memory=args.reuse_freed_memory,
         score_thr=args.score_thr, config=CONFIG,
         bits=BITS))
     float_state = None

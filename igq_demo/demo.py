@@ -137,8 +137,12 @@ def run_demo(settings: DemoSettings) -> list[dict]:
     checkpoint = settings.checkpoint_path
     out = output_dir(settings)
     os.makedirs(out, exist_ok=True)
+    # test images loaded in this process: shutting down a Runner's persistent loader
+    # worker waited out torch's 5 s join timeout every time here (a minute over the
+    # demo's 13 runs); loading the small images in-process costs under a second per run
     options = dict(task.data_options(data.rstrip('/') + '/'), log_level='WARNING',
-                   **settings.extra)
+                   **{'test_dataloader.num_workers': 0,
+                      'test_dataloader.persistent_workers': False}, **settings.extra)
     quant_options = dict(options, **PROTOCOLS[settings.protocol])  # the float run has none
     records, allocations, macs = [], {}, 0
     for bits in settings.bits:

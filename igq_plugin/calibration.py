@@ -9,9 +9,6 @@ distributions for the sensitivity search (a
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -20,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .host_memory import release_freed_memory
 from .nn import (QuantState, activation_quantizers, finalize_calibration, float_run,
                  igq_quantizers, require_record, restore_folds, set_quant_state)
 from .quant import QuantMode, quant_mode, set_mode
@@ -213,30 +211,6 @@ def check_quantized(model: nn.Module) -> int:
         raise RuntimeError(f'quantized evaluation requested but {len(inactive)} of '
                            f'{len(quantizers)} quantizers are inactive (e.g. {inactive[:3]})')
     return len(quantizers)
-
-
-def release_freed_memory() -> bool:
-    """Hand memory that calibration freed back to the operating system.
-
-    Calibration allocates and frees hundreds of MiB of temporaries (statistics, the
-    search's cached features). glibc keeps freed heap memory in its arenas, so
-    without this a process evaluates a few hundred MiB above an uncalibrated one
-    although no tensor is alive.
-
-    Returns:
-        Whether host memory was trimmed (Linux with glibc); CUDA's cache is emptied
-        whenever CUDA is initialised.
-    """
-    gc.collect()
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    if not sys.platform.startswith('linux'):
-        return False
-    malloc_trim = getattr(ctypes.CDLL(None), 'malloc_trim', None)  # absent on musl
-    if malloc_trim is None:
-        return False
-    malloc_trim(0)
-    return True
 
 
 __all__ = ['CalibrationReport', 'ClassifierPredictor', 'calibrate_model', 'check_quantized',

@@ -48,6 +48,15 @@ def test_defaults(bench):
     assert args.calib_image_size == args.image_size and args.images == 3
 
 
+def test_reuse_freed_memory_reaches_the_memory_children(bench):
+    args = bench.parse_args(['--reuse-freed-memory', '--threads', '1'])
+    variant = bench.MEMORY_VARIANTS[0]
+    assert '--reuse-freed-memory' in bench.child_command(args, variant, 'out.json')
+    child = bench.parse_args(bench.child_command(args, variant, 'out.json')[2:])
+    assert child.reuse_freed_memory and child.memory_child == variant.name
+    assert '--reuse-freed-memory' not in bench.child_command(bench.parse_args([]), variant, 'o')
+
+
 def test_searches_of_the_calibration_part(bench, capsys):
     assert bench.parse_args(['--search', 'fast', 'fisher']).search == ['fast', 'fisher']
     with pytest.raises(SystemExit):

@@ -33,8 +33,15 @@ class EvaluationResult:
 
 
 def load_config(path: str, options: dict[str, Any] | None = None, **overrides: Any) -> Config:
-    """``Config.fromfile`` plus ``--cfg-options``-style dotted overrides."""
-    cfg = Config.fromfile(path)
+    """``Config.fromfile`` plus ``--cfg-options``-style dotted overrides.
+
+    The config's text (logged and dumped to the work dir by every Runner) is not
+    formatted with yapf: formatting a detector's config takes seconds of pure Python
+    per Runner, more than building the model, and in-process runs build many.
+    """
+    loaded = Config.fromfile(path)  # (its format_python_code only reaches lazy-import configs)
+    cfg = Config(loaded.to_dict(), cfg_text=loaded.text, filename=loaded.filename,
+                 format_python_code=False)
     if options:
         cfg.merge_from_dict(options)
     for key, value in overrides.items():

@@ -63,10 +63,15 @@ COMPILED_QUANTIZERS = frozenset({'per-tensor', 'static-group', 'igq', 'upper-bou
 # Devices whose compiled kernels were checked bit for bit against eager. CUDA (Triton)
 # joins when tests/quant/test_compiled.py has passed on a GPU.
 COMPILED_DEVICES = frozenset({'cpu'})
-# Below this many elements a compiled call costs more than the eager one: its fixed
-# cost per call (guards, wrapper) exceeds the eager passes it saves (break-even measured
-# between 32k and 64k float32 elements on one CPU thread).
-MIN_COMPILED_ELEMENTS = 1 << 16
+# Below this many elements a call stays eager: compiling pays only over many calls.
+# Per call, the compiled path's fixed cost (guards, wrapper) exceeds what it saves below
+# 32k to 64k float32 elements (one CPU thread), and from there to 1M it saves little:
+# 0.04 to 0.4 ms per IGQ call on Swin-T's shapes at 192x192 (benchmark.py --parts
+# quantizers --image-size 192x192), against seconds of compiling per layout on a cold
+# cache. The demo's detector (all its tensors are under 0.3M elements) measured 3 min
+# 4 s eager and 4 min 13 s compiled; at 800x1216 all but Swin-T's stage-3 token inputs
+# are above 1M elements and compile.
+MIN_COMPILED_ELEMENTS = 1 << 20
 
 
 def enabled_by_environment() -> bool:
