@@ -63,15 +63,17 @@ COMPILED_QUANTIZERS = frozenset({'per-tensor', 'static-group', 'igq', 'upper-bou
 # Devices whose compiled kernels were checked bit for bit against eager. CUDA (Triton)
 # joins when tests/quant/test_compiled.py has passed on a GPU.
 COMPILED_DEVICES = frozenset({'cpu'})
-# Below this many elements a call stays eager: compiling pays only over many calls.
-# Per call, the compiled path's fixed cost (guards, wrapper) exceeds what it saves below
-# 32k to 64k float32 elements (one CPU thread), and from there to 1M it saves little:
-# 0.04 to 0.4 ms per IGQ call on Swin-T's shapes at 192x192 (benchmark.py --parts
-# quantizers --image-size 192x192), against seconds of compiling per layout on a cold
-# cache. The demo's detector (all its tensors are under 0.3M elements) measured 3 min
-# 4 s eager and 4 min 13 s compiled; at 800x1216 all but Swin-T's stage-3 token inputs
-# are above 1M elements and compile.
-MIN_COMPILED_ELEMENTS = 1 << 20
+# Below this many elements a call stays eager: a compile repays itself only over many
+# calls of its layout. Below 32k to 64k float32 elements (one CPU thread) the compiled
+# call's fixed cost (guards, wrapper) exceeds what it saves; up to 2M it saves at most
+# about 1 ms (IGQ on Swin-T's shapes: benchmark.py --parts quantizers, at 192x192 and
+# 800x1216), so the seconds a layout takes to compile on a cold cache need thousands of
+# calls, more than evaluating a few hundred images makes. The demo's detector (192-px
+# images, 4 per batch, every tensor under 1.2M elements) measured 3 min 4 s eager and
+# 4 min 13 s compiled. At 800x1216 the Swin-T activations that stay eager are the
+# stage-2 and stage-3 token inputs and the stage-3 attention maps (0.7M to 1.5M): about
+# a tenth of the quantized elements, some 20 ms per image at the eager path's speed.
+MIN_COMPILED_ELEMENTS = 1 << 21
 
 
 def enabled_by_environment() -> bool:
