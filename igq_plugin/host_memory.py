@@ -4,10 +4,9 @@ glibc's ``malloc`` serves a block above its mmap threshold (adjusted at run time
 most 32 MiB on 64-bit Linux) with fresh pages from the kernel and unmaps them on
 ``free``; the kernel zero-fills every page on first touch. A fake-quantizer writes a
 new tensor the size of its input, so at detection resolutions (Swin-T stage 0 at
-800x1216: 22 to 89 MiB per activation) each of its outputs pays those page faults:
-writing into a new tensor ran at a tenth of the speed of writing into a reused one
-(``tools/allocation_cost.py``). This is most of what the quantized model costs over
-the float one on the CPU (README, "Performance").
+800x1216: 22 to 89 MiB per activation) each of its outputs pays those page faults, as
+do the float layers' own large outputs: writing into a new tensor ran at a tenth of
+the speed of writing into a reused one (``tools/allocation_cost.py``).
 
 - :func:`release_freed_memory`: hand freed heap memory back to the kernel (after
   calibration, whose temporaries would otherwise stay resident).
@@ -74,10 +73,10 @@ def reuse_freed_memory(mmap_threshold: int = REUSE_MMAP_THRESHOLD,
 
     Blocks up to ``mmap_threshold`` bytes then come from the heap, and freed ones are
     reused by later allocations instead of being unmapped and faulted in again. Measured
-    on the benchmark's Swin-T Mask R-CNN at 800x1216 (README, "Performance"): faster
-    float and quantized evaluation, most of all the quantized one, and a higher peak
-    resident memory for both. It also turns off glibc's run-time adjustment of the
-    threshold, for the rest of the process.
+    on the benchmark's Swin-T Mask R-CNN at 800x1216 (README, "Performance"): float
+    and quantized backbone+neck alike about a quarter faster, their ratio unchanged,
+    and a tenth more peak resident memory for both. It also turns off glibc's run-time
+    adjustment of the threshold, for the rest of the process.
 
     Args:
         mmap_threshold: largest block served from the heap, bytes.

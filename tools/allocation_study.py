@@ -50,11 +50,11 @@ from igq_plugin.mm.evaluation import _prepared_runner, load_config
 from igq_plugin.mm.predictors import build_predictor
 from igq_plugin.nn import QuantState, float_run, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode, set_mode
-from igq_plugin.search import (allocate_groups, check_sensitivity, fisher_tables,
-                               kl_divergence, model_costs, sensitivity_tables)
+from igq_plugin.search import (FISHER_ESTIMATORS, allocate_groups, check_sensitivity,
+                               fisher_tables, kl_divergence, model_costs, sensitivity_tables)
 from igq_plugin.search.bops import reference_groups
 
-VARIANTS = ('calib', 'flip', 'augment', 'others', 'context', 'fisher', 'fisher-full')
+VARIANTS = ('calib', 'flip', 'augment', 'others', 'context', *FISHER_ESTIMATORS)
 
 
 def augmented_views(batch: dict) -> list[dict]:
@@ -100,7 +100,7 @@ def context_tables(model, layers, predictor, g_avg):
 
 def variant_tables(variant, model, layers, calib, search, args):
     """The sensitivity tables of one search variant (the model in ``CALIBRATING``)."""
-    if variant in ('fisher', 'fisher-full'):
+    if variant in FISHER_ESTIMATORS:
         with float_run(model):
             predictor = build_predictor(model, calib)
         return fisher_tables(model, layers, predictor, args.fisher_samples,
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                              '(default: each estimator\'s, 4 and 16)')
     parser.add_argument('--out', default='work_dirs/allocation_study')
     args = parser.parse_args(argv)
-    for variant in set(args.variants) & {'fisher', 'fisher-full'}:  # before the set-up
+    for variant in set(args.variants) & set(FISHER_ESTIMATORS):  # before the set-up
         check_sensitivity(variant, args.fisher_samples)
     task = task_of(args.model)
     spec = task.models[args.model]

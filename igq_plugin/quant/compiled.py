@@ -68,11 +68,10 @@ COMPILED_DEVICES = frozenset({'cpu'})
 # call's fixed cost (guards, wrapper) exceeds what it saves; up to 2M it saves at most
 # about 1 ms (IGQ on Swin-T's shapes: benchmark.py --parts quantizers, at 192x192 and
 # 800x1216), so the seconds a layout takes to compile on a cold cache need thousands of
-# calls, more than evaluating a few hundred images makes. The demo's detector (192-px
-# images, 4 per batch, every tensor under 1.2M elements) measured 3 min 4 s eager and
-# 4 min 13 s compiled. At 800x1216 the Swin-T activations that stay eager are the
-# stage-2 and stage-3 token inputs and the stage-3 attention maps (0.7M to 1.5M): about
-# a tenth of the quantized elements, some 20 ms per image at the eager path's speed.
+# calls, more than evaluating a few hundred images makes: the demo's detector (192-px
+# images, 4 per batch, every tensor under 1.2M elements) ran slower compiled (README,
+# "Performance", third round). At 800x1216 the Swin-T activations that stay eager are
+# the stage-2 and stage-3 token inputs and the stage-3 attention maps (0.7M to 1.5M).
 MIN_COMPILED_ELEMENTS = 1 << 21
 
 

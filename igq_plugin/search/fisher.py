@@ -54,14 +54,14 @@ from ..nn.layers import QKVQuantizer
 from ..quant import IGQQuantizer, QuantMode, WeightQuantizer, quant_mode
 from .sensitivity import FisherPredictor
 
-SENSITIVITY_ESTIMATORS = ('exact', 'fisher', 'fisher-full')
+# the Fisher estimators (everything but 'exact'): they need a FisherPredictor
+FISHER_ESTIMATORS = ('fisher', 'fisher-full')
+SENSITIVITY_ESTIMATORS = ('exact', *FISHER_ESTIMATORS)
 DEFAULT_FISHER_SAMPLES = 4
 # the full form needs more draws: its cross-item and cross-element terms cancel only on
 # average (tools/allocation_study.py: at S = 4 its tables rank the candidates worse than
 # the diagonal's; at S = 16 better)
 DEFAULT_FISHER_FULL_SAMPLES = 16
-# the Fisher estimators (everything but 'exact'): they need a FisherPredictor
-FISHER_ESTIMATORS = ('fisher', 'fisher-full')
 # elements per float64 block of the projections g_s . dx (bounds the float64 copy)
 _PROJECTION_BLOCK = 1 << 16
 
