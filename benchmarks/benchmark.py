@@ -14,16 +14,24 @@ Parts (``--parts``, default all):
 - ``inference``: seconds per image of ``model(..., mode='predict')`` for float,
   per-tensor, static-group (G=8), igq-fixed (G=8, G=16) and upper-bound; ratio to float.
   The images are timed round-robin across the variants (all prepared and warmed up
-  first), so a change of load on the machine reaches every variant alike. Also the
-  backbone and neck alone (``extract_feat``: what the default protocol quantizes), whose
-  ratio is free of the heads' data-dependent cost (RoIAlign's work grows with the
-  proposals' sizes, which quantization changes).
+  first), so a change of load on the machine reaches every variant alike; mean and
+  median over the images. Then, in a round-robin of its own (``--feature-repeats``
+  times per image), the backbone and neck alone (``extract_feat``: what the default
+  protocol quantizes), whose median ratio is free of the heads' data-dependent cost
+  (RoIAlign's work grows with the proposals' sizes, which quantization changes) and of
+  the state that the whole-detector forward just before would leave behind.
 - ``quantizers``: elements/second of the activation quantizers alone on Swin-T's
   token x channel and windowed-attention shapes: IGQ (G=8), the plugin's per-tensor,
   static-group (G=8) and upper-bound quantizers, each with its compiled run-time path
   (:mod:`igq_plugin.quant.compiled`) and eager, and
   ``torch.fake_quantize_per_tensor_affine``; plus each one's first call (which compiles
-  a layout not seen before) and a cached call.
+  a layout not seen before) and a cached call. Against memory bandwidth: reading the
+  tensor once (``torch.sum``) and copying it (``torch.clone``), and the two-pass
+  roofline of a quantizer whose ranges come from the tensor itself (IGQ, the upper
+  bound): a read, then a read and a write, ``1 / (1 / read + 1 / copy)`` elements per
+  second. A one-pass quantizer with calibrated parameters (per-tensor) can at best
+  copy, so where it does, IGQ can reach at most ``roofline / copy`` of its throughput.
+  IGQ's first pass is also timed alone (ranges -> per-item parameters).
 - ``calibration``: wall seconds of calibration + group-size allocation
   (``method='igq'``, G_avg=8, 1 image), by phase, and in float forwards.
 - ``memory``: peak resident memory (and CUDA peak allocation) of float vs igq-fixed
@@ -131,6 +139,10 @@ CALIBRATION_PHASES = MM_CALIBRATION_PHASES + CORE_CALIBRATION_PHASES
 QUANTIZER_LABELS = {'igq G=8': 'igq', 'per-tensor': 'per-tensor',
                     'static-group G=8': 'static-group', 'upper-bound': 'upper-bound'}
 EAGER = ' eager'
+# the quantizers part's memory-bandwidth references (see the module docstring)
+READ, COPY = 'read (sum)', 'copy (clone)'
+# IGQ's first pass alone (ranges -> per-item parameters), compiled where IGQ is
+IGQ_RANGES = 'igq G=8 ranges'
 
 
 # -- arguments ---------------------------------------------------------------------------
@@ -200,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                              'reports how many layers get another G than with all RoIs')
     parser.add_argument('--images', type=positive(int), default=3,
                         help='timed images per variant, after 1 warm-up (default: 3)')
+    parser.add_argument('--feature-repeats', type=positive(int), default=3,
+                        help='backbone+neck timings per image and variant in the inference '
+                             'part (their own round-robin; the median is reported; '
+                             'default: 3)')
     parser.add_argument('--min-time', type=positive(float), default=0.5,
                         help='seconds per quantizer throughput measurement (default: 0.5)')
     parser.add_argument('--score-thr', type=float, default=0.0,
@@ -463,13 +479,20 @@ def run_inference(args: argparse.Namespace, device: torch.device, float_state: d
             synchronize(device)
             times.append(time.perf_counter() - start)
             detections.append(len(results[0].pred_instances))
-            start = time.perf_counter()
-            extract_features(model, batches[index])
-            synchronize(device)
-            feature_times.append(time.perf_counter() - start)
+    for index in range(args.images):
+        print_log(f'benchmark: inference, backbone+neck, image {index + 1} of {args.images}, '
+                  f'{args.feature_repeats} x every variant', logger='current')
+        for _ in range(args.feature_repeats):
+            for _, model, _, batches, _, feature_times, _ in prepared:
+                synchronize(device)
+                start = time.perf_counter()
+                extract_features(model, batches[index])
+                synchronize(device)
+                feature_times.append(time.perf_counter() - start)
     rows = [dict(variant=variant.name, quant=variant.quant,
                  seconds_per_image=statistics.mean(times), seconds=times,
-                 features_seconds_per_image=statistics.mean(feature_times),
+                 median_seconds_per_image=statistics.median(times),
+                 features_seconds_per_image=statistics.median(feature_times),
                  features_seconds=feature_times,
                  detections_per_image=statistics.mean(detections),
                  calib_seconds=report.seconds if report else None,
@@ -477,13 +500,17 @@ def run_inference(args: argparse.Namespace, device: torch.device, float_state: d
             for variant, _, report, _, times, feature_times, detections in prepared]
     del prepared
     release(device)
-    reference, features_reference = (rows[0][key] for key in (
-        'seconds_per_image', 'features_seconds_per_image'))
+    reference, median_reference, features_reference = (rows[0][key] for key in (
+        'seconds_per_image', 'median_seconds_per_image', 'features_seconds_per_image'))
     for row in rows:
         row['ratio_to_float'] = row['seconds_per_image'] / reference
+        row['median_ratio_to_float'] = row['median_seconds_per_image'] / median_reference
         row['features_ratio_to_float'] = row['features_seconds_per_image'] / features_reference
+    # seconds_per_image: mean over the images; features_seconds_per_image: median over
+    # images x feature_repeats, timed in their own round-robin
     return dict(image_size=list(args.image_size), images=args.images, warmup=1,
-                schedule='round-robin', rows=rows)
+                schedule='round-robin', feature_repeats=args.feature_repeats,
+                features_statistic='median', rows=rows)
 
 
 # -- part 2: quantizers alone ------------------------------------------------------------
@@ -554,8 +581,13 @@ def quantizer_candidates(kind: str, channels: int | None, x: torch.Tensor
         quantizer = calibrated(quantizer.to(device), x)
         fns[label] = functools.partial(call_quantizer, quantizer, x, True)
         fns[label + EAGER] = functools.partial(call_quantizer, quantizer, x, False)
+        if label == 'igq G=8':  # its first pass alone: ranges -> per-item parameters
+            fns[IGQ_RANGES] = functools.partial(call_item_parameters, quantizer, x)
     fns['torch per-tensor'] = lambda: torch.fake_quantize_per_tensor_affine(
         x, scale, zero, 0, qmax(BITS))
+    # memory-bandwidth references: one read of x; one read and one write
+    fns[READ] = functools.partial(torch.sum, x)
+    fns[COPY] = functools.partial(torch.clone, x)
     return fns
 
 
@@ -564,6 +596,13 @@ def call_quantizer(quantizer: ActivationQuantizer, x: torch.Tensor,
     """``quantizer(x)`` with the compiled paths switched on or off."""
     with compiled.compiling(compile_paths):
         return quantizer(x)
+
+
+def call_item_parameters(quantizer: IGQQuantizer, x: torch.Tensor):
+    """IGQ's range pass alone, as its compiled run-time path runs it: every item's
+    range on ``x`` -> its group's scale and zero point."""
+    with compiled.compiling(True):
+        return quantizer.item_parameters(x)
 
 
 def first_calls(fns: dict[str, Callable[[], object]], device: torch.device) -> dict[str, dict]:
@@ -613,6 +652,12 @@ def run_quantizers(args: argparse.Namespace, device: torch.device) -> dict:
                 row[label]['compiled_path'] = paths[label]
         row['igq_over_per_tensor'] = (row['igq G=8']['elements_per_second']
                                       / row['per-tensor']['elements_per_second'])
+        read, copy_ = (row[k]['elements_per_second'] for k in (READ, COPY))
+        roofline = 1 / (1 / read + 1 / copy_)
+        row['two_pass_roofline_elements_per_second'] = roofline
+        row['igq_over_roofline'] = row['igq G=8']['elements_per_second'] / roofline
+        row['per_tensor_over_copy'] = row['per-tensor']['elements_per_second'] / copy_
+        row['roofline_over_copy'] = roofline / copy_
         row['compiled_over_eager'] = {label: row[label + EAGER]['seconds'] / row[label]['seconds']
                                       for label in QUANTIZER_LABELS}
         rows.append(row)
@@ -864,11 +909,14 @@ def markdown(results: dict) -> str:
         part = results['inference']
         out += ['', f'## Inference ({"x".join(map(str, part["image_size"]))}, '
                 f'{part["images"]} images after 1 warm-up)',
-                _table(['variant', 's/image', 'x float', 'backbone+neck s/image',
-                        'backbone+neck x float', 'detections/image', 'calib s'],
+                _table(['variant', 's/image (mean)', 'x float (mean)', 'x float (median)',
+                        f'backbone+neck s/image (median of {part.get("feature_repeats", 1)} '
+                        f'x {part["images"]})', 'backbone+neck x float', 'detections/image',
+                        'calib s'],
                        [(r['variant'], r['seconds_per_image'], r['ratio_to_float'],
-                         r.get('features_seconds_per_image'), r.get('features_ratio_to_float'),
-                         r['detections_per_image'], r['calib_seconds']) for r in part['rows']])]
+                         r.get('median_ratio_to_float'), r.get('features_seconds_per_image'),
+                         r.get('features_ratio_to_float'), r['detections_per_image'],
+                         r['calib_seconds']) for r in part['rows']])]
     if 'quantizers' in results:
         part = results['quantizers']
         labels = [label + suffix for label in QUANTIZER_LABELS for suffix in ('', EAGER)]
@@ -886,6 +934,19 @@ def markdown(results: dict) -> str:
                            for key in ('first_call_seconds', 'cached_call_seconds')]
                         + [sum(r[label]['graphs_compiled'] for label in QUANTIZER_LABELS)]
                         for r in part['rows']])]
+        if all(READ in r for r in part['rows']):
+            out += ['', '### Against memory bandwidth (Melements/s): read once, copy, and '
+                    'the two-pass roofline of a quantizer that ranges its input',
+                    _table(['shape', READ, COPY, 'two-pass roofline', 'igq G=8',
+                            IGQ_RANGES, 'igq / roofline', 'per-tensor / copy',
+                            'roofline / copy (best igq / per-tensor)'],
+                           [[f'{r["name"]} {tuple(r["shape"])}']
+                            + [r[k]['elements_per_second'] / 1e6 for k in (READ, COPY)]
+                            + [r['two_pass_roofline_elements_per_second'] / 1e6,
+                               r['igq G=8']['elements_per_second'] / 1e6,
+                               r[IGQ_RANGES]['elements_per_second'] / 1e6,
+                               r['igq_over_roofline'], r['per_tensor_over_copy'],
+                               r['roofline_over_copy']] for r in part['rows']])]
     if 'calibration' in results:
         part = results['calibration']
         first = part['runs'][0]
@@ -948,7 +1009,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     results = dict(machine=machine_info(device), settings=dict(
         parts=list(args.parts), device=args.device, threads=args.threads, seed=args.seed,
         image_size=list(args.image_size), calib_image_size=list(args.calib_image_size),
-        images=args.images, search=list(args.search), search_rois=list(args.search_rois),
+        images=args.images, feature_repeats=args.feature_repeats, search=list(args.search),
+        search_rois=list(args.search_rois),
         min_time=args.min_time, reuse_freed_memory=args.reuse_freed_memory,
         score_thr=args.score_thr, config=CONFIG,
         bits=BITS))

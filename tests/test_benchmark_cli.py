@@ -1,7 +1,9 @@
-"""benchmarks/benchmark.py: argument errors, Swin-T shapes, and a tiny quantizers run."""
+"""benchmarks/benchmark.py: argument errors, Swin-T shapes, a tiny quantizers run, and (slow)
+a tiny inference run."""
 import importlib.util
 import json
 import os.path as osp
+import statistics
 import sys
 
 import pytest
@@ -102,8 +104,40 @@ def test_quantizers_part_writes_json_and_markdown(bench, tmp_path, capsys):
             # a 32x64 image gives tensors below the compiled paths' minimum size
             assert row[label]['compiled_path'] is False
             assert row['compiled_over_eager'][label] > 0
+        # the memory-bandwidth references and the ratios derived from them
+        for label in (bench.READ, bench.COPY, bench.IGQ_RANGES):
+            assert row[label]['elements_per_second'] > 0
+        read, copy = (row[k]['elements_per_second'] for k in (bench.READ, bench.COPY))
+        roofline = row['two_pass_roofline_elements_per_second']
+        assert roofline == pytest.approx(1 / (1 / read + 1 / copy))
+        assert row['roofline_over_copy'] == pytest.approx(roofline / copy)
+        assert row['igq_over_roofline'] == pytest.approx(
+            row['igq G=8']['elements_per_second'] / roofline)
+        assert row['per_tensor_over_copy'] == pytest.approx(
+            row['per-tensor']['elements_per_second'] / copy)
     assert results['quantizers']['compile']['min_elements'] > 0
     table = (tmp_path / 'bench' / 'benchmark.md').read_text()
     assert '## Activation quantizers alone' in table
     assert '### First call (compiles a new layout) and cached call' in table
+    assert '### Against memory bandwidth' in table
     assert table in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_inference_part_times_backbone_and_neck_in_their_own_round_robin(bench, tmp_path):
+    out = tmp_path / 'result.json'
+    assert bench.main(['--parts', 'inference', '--image-size', '64x96', '--images', '2',
+                       '--feature-repeats', '2', '--threads', '1', '--out', str(out)]) == 0
+    part = json.loads(out.read_text())['inference']
+    assert part['feature_repeats'] == 2 and part['features_statistic'] == 'median'
+    rows = {row['variant']: row for row in part['rows']}
+    assert list(rows) == [v.name for v in bench.INFERENCE_VARIANTS]
+    for row in rows.values():
+        assert len(row['seconds']) == 2 and len(row['features_seconds']) == 2 * 2
+        assert row['features_seconds_per_image'] == statistics.median(row['features_seconds'])
+        assert row['median_seconds_per_image'] == statistics.median(row['seconds'])
+        assert row['features_ratio_to_float'] == pytest.approx(
+            row['features_seconds_per_image'] / rows['float']['features_seconds_per_image'])
+    assert rows['float']['median_ratio_to_float'] == 1.0
+    table = (tmp_path / 'benchmark.md').read_text()
+    assert 'backbone+neck s/image (median of 2 x 2)' in table
