@@ -24,8 +24,10 @@ test-slow: setup
 demo: setup
 	$(PYTHON) tools/demo.py --task $(TASK) $(if $(filter det,$(TASK)),--model $(DETECTOR) --protocol $(PROTOCOL))
 
-# Speed and memory of quantized vs float Mask R-CNN Swin-T (README, "Performance").
-# BENCH_ARGS e.g. "--device cuda" or "--calib-image-size 400x608 --search fast naive".
+# Speed, calibration cost and memory of quantized vs float Mask R-CNN Swin-T (README,
+# "Performance"): one <part>.json + <part>.md per part in work_dirs/benchmark/.
+# BENCH_ARGS e.g. "--device cuda", "--parts inference,memory --images 2" or
+# "--calib-image-size 400x608 --search exact naive".
 benchmark: setup
 	$(PYTHON) benchmarks/benchmark.py $(BENCH_ARGS)
 

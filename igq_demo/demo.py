@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 
 from mmengine.logging import print_log
 
-from igq_plugin.mm.evaluation import (allocation_of, channel_range_statistics, load_config,
-                                      run_test)
-from igq_plugin.nn.convert import check_runs
-from igq_plugin.quant import METHODS
+from igq_plugin.nn import check_runs
+from igq_plugin.quantizers import METHODS
 from igq_plugin.report import format_table
 
+from .evaluation import allocation_of, channel_range_statistics, load_config, run_test
 from .plots import plot_channel_ranges, plot_groups_per_layer, plot_metrics_by_method
 from .tasks import TASKS, DemoTask
 

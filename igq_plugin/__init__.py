@@ -9,6 +9,7 @@ The core API (no mm library needed)::
 
 ``igq_plugin.mm`` registers the MMDetection / MMSegmentation integration.
 """
+from . import adapters  # noqa: F401  (registers the attention adapters with igq_plugin.nn)
 from .calibration import (CalibrationReport, ClassifierPredictor, calibrate_model,
                           check_quantized)
 from .nn import (QuantConfig, QuantizationRecord, QuantState, float_run, quantization_record,

@@ -17,14 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .host_memory import release_freed_memory
 from .nn import (QuantState, activation_quantizers, finalize_calibration, float_run,
                  igq_quantizers, require_record, restore_folds, set_quant_state)
 from .quant import QuantMode, quant_mode, set_mode
 from .report import layer_rows
-from .search import (FISHER_ESTIMATORS, FisherPredictor, SensitivityPredictor,
-                     allocate_groups, check_sensitivity, fisher_tables, sensitivity_tables,
-                     total_bops)
+from .search import (DEFAULT_SENSITIVITY, FISHER_ESTIMATORS, FisherPredictor,
+                     SensitivityPredictor, allocate_groups, check_sensitivity, fisher_tables,
+                     sensitivity_tables, total_bops)
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -93,7 +92,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, *,
                     predictor: SensitivityPredictor | None = None,
                     progress: Callable[[int], Any] | None = None,
-                    sensitivity: str = 'exact',
+                    sensitivity: str = DEFAULT_SENSITIVITY,
                     fisher_samples: int | None = None) -> CalibrationReport:
     """Calibrate every quantizer of a converted model; for ``method='igq'`` also run the
     sensitivity search and the group-size allocation under the BOP budget.
@@ -108,11 +107,11 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
         progress: factory ``progress(steps)`` of an object with ``update()`` (e.g.
             mmengine's ``ProgressBar``), for the search; ``None``: silent.
         sensitivity: estimator of the sensitivity tables for ``method='igq'``:
-            ``'exact'`` (one partial forward per layer and candidate G,
-            :func:`~igq_plugin.search.sensitivity_tables`), ``'fisher'`` (the
-            diagonal-Fisher second-order estimate from one forward and
-            ``fisher_samples`` backward passes per image,
-            :func:`~igq_plugin.search.fisher_tables`) or ``'fisher-full'`` (the same
+            ``'fisher'`` (default: the diagonal-Fisher second-order estimate from one
+            forward and ``fisher_samples`` backward passes per image,
+            :func:`~igq_plugin.search.fisher_tables`), ``'exact'`` (one partial
+            forward per layer and candidate G, the method's definition,
+            :func:`~igq_plugin.search.sensitivity_tables`) or ``'fisher-full'`` (the same
             passes, scored with the sampled full Fisher, couplings kept); the Fisher
             estimators need a :class:`~igq_plugin.search.FisherPredictor`.
         fisher_samples: labels drawn per item for ``'fisher'`` and ``'fisher-full'``
@@ -153,7 +152,6 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
         report = _calibrate(model, config, batches, forward, predictor, progress,
                             sensitivity, fisher_samples)
     report.seconds = time.perf_counter() - start
-    release_freed_memory()
     return report
 
 
@@ -214,4 +212,4 @@ def check_quantized(model: nn.Module) -> int:
 
 
 __all__ = ['CalibrationReport', 'ClassifierPredictor', 'calibrate_model', 'check_quantized',
-           'float_run', 'release_freed_memory']
+           'float_run']

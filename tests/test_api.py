@@ -9,7 +9,8 @@ import igq_plugin
 from igq_plugin import (ClassifierPredictor, QuantConfig, QuantState, calibrate_model, float_run,
                         quantization_record, quantize_model)
 from igq_plugin.nn import activation_quantizers, igq_quantizers
-from igq_plugin.quant import METHODS, QuantMode, quant_mode
+from igq_plugin.quant import QuantMode, quant_mode
+from igq_plugin.quantizers import METHODS
 
 from tests.toy_models import TinyViT, toy_images
 
@@ -152,11 +153,11 @@ class TestConfigErrors:
     def test_impossible_groups_name_the_layer_and_its_items(self):
         with pytest.raises(ValueError, match=r"fc1\.input_quantizer.*groups=8 is not allowed "
                                              r"for 4 channels"):
-            igq_plugin.quant.StaticGroupQuantizer(4, channels=4, groups=8,
+            igq_plugin.quantizers.StaticGroupQuantizer(4, channels=4, groups=8,
                                                   name='fc1.input_quantizer')
 
     def test_softmax_candidates_named_as_rows(self):
-        quantizer = igq_plugin.quant.IGQQuantizer(4, kind='softmax', groups=2, candidates=(1, 2),
+        quantizer = igq_plugin.quantizers.IGQQuantizer(4, kind='softmax', groups=2, candidates=(1, 2),
                                                   name='attn.softmax.quantizer')
         assert quantizer.item_name == 'softmax rows'
         with quant_mode(quantizer, 'calibrate'):

@@ -5,7 +5,9 @@ On Linux, glibc serves allocations above its mmap threshold (at most 32 MiB) wit
 pages that the kernel zero-fills on first touch, every call. This bounds every
 out-of-place element-wise kernel on large activations, fake-quantizers included
 (README, "Performance"). Shapes: the benchmark's three Swin-T stage-0 activations at
-800x1216.
+800x1216. glibc's malloc tunables are environment settings: with
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647`` such blocks
+come from the heap and are reused (compare a run with and one without them).
 
     OMP_NUM_THREADS=1 taskset -c 0 python tools/allocation_cost.py
 """

@@ -43,10 +43,10 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from igq_demo.evaluation import load_config, prepared_runner
 from igq_demo.tasks import TASKS, task_of
-from igq_plugin.mm.calibration import (calibrate_mm_model, predict_forward,
-                                       take_calibration_batches)
-from igq_plugin.mm.evaluation import _prepared_runner, load_config
+from igq_plugin.mm import calibrate_mm_model, take_calibration_batches
+from igq_plugin.mm.calibration import predict_forward
 from igq_plugin.mm.predictors import build_predictor
 from igq_plugin.nn import QuantState, float_run, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode, set_mode
@@ -224,8 +224,8 @@ def main(argv=None) -> int:
                     'model.backbone.quant.groups': args.g_avg,
                     'model.backbone.quant.bounds': args.bounds})
     os.makedirs(args.out, exist_ok=True)
-    runner = _prepared_runner(load_config(spec.quant_config, options), spec.checkpoint,
-                              osp.join(args.out, 'runs'))
+    runner = prepared_runner(load_config(spec.quant_config, options), spec.checkpoint,
+                             osp.join(args.out, 'runs'))
     model = runner.model
     first = max(args.calib_index) + 1
     batches = take_calibration_batches(runner.test_dataloader,

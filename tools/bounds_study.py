@@ -18,7 +18,8 @@ import sys
 
 import torch
 
-from igq_plugin.quant import GROUP_BOUNDS, IGQQuantizer, quant_mode
+from igq_plugin.quant import quant_mode
+from igq_plugin.quantizers import GROUP_BOUNDS, IGQQuantizer
 
 
 def channel_instances(count: int, seed: int, tokens: int = 196, channels: int = 192,

@@ -23,8 +23,8 @@ import time
 import torch
 
 from igq_plugin import ClassifierPredictor, QuantConfig, calibrate_model, quantize_model
-from igq_plugin.nn.convert import check_runs
-from igq_plugin.quant import METHODS
+from igq_plugin.nn import check_runs
+from igq_plugin.quantizers import METHODS
 from igq_plugin.report import format_table
 
 COLUMNS = ['method', 'w_bits', 'a_bits', 'g_avg', 'top1', 'top5', 'gbops', 'calib_seconds',

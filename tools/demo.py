@@ -16,7 +16,7 @@ import sys
 
 from igq_demo.demo import PROTOCOLS, DemoSettings, run_demo
 from igq_demo.tasks import TASKS
-from igq_plugin.quant import METHODS
+from igq_plugin.quantizers import METHODS
 
 
 def parse_args(argv=None) -> list[DemoSettings]:

@@ -17,9 +17,9 @@ import json
 import os.path as osp
 import sys
 
+from igq_demo.evaluation import load_config, quantization_errors
 from igq_demo.tasks import TASKS, task_of
-from igq_plugin.mm.evaluation import load_config, quantization_errors
-from igq_plugin.quant import METHODS
+from igq_plugin.quantizers import METHODS
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,8 @@ python_bin="${PYTHON:-python3}"
 wheel_cache="${IGQ_WHEEL_CACHE:-$HOME/.cache/igq-plugin/wheels}"
 mmcv_version="2.1.0"
 stamp="$venv/.igq-setup-stamp"
-want_stamp="$(cat "$repo/tools/setup_env.sh" "$repo/setup.cfg" | sha256sum | cut -d' ' -f1)"
+constraints="$repo/tools/tested-versions.txt"
+want_stamp="$(cat "$repo/tools/setup_env.sh" "$repo/setup.cfg" "$constraints" | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]]; then
   exit 0
@@ -29,7 +30,7 @@ fi
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
 
 log "torch 2.14.1 / torchvision 0.29.1 (from the machine's local wheels)"
-"${pip[@]}" torch==2.14.1 torchvision==0.29.1
+"${pip[@]}" -c "$constraints" torch torchvision
 
 mmcv_wheel="$(ls "$wheel_cache"/mmcv-"$mmcv_version"-*.whl 2>/dev/null | head -n1 || true)"
 if [[ -z "$mmcv_wheel" ]]; then
@@ -57,7 +58,7 @@ log "installing $mmcv_wheel"
 "${pip[@]}" addict numpy opencv-python pyyaml yapf
 
 log "project and its dependencies"
-"${pip[@]}" -e "$repo[mm,timm,demo,test]"
+"${pip[@]}" -c "$constraints" -e "$repo[mm,timm,demo,test]"
 
 # Import check from outside the repo, so no source tree shadows the installed mmcv.
 (cd / && "$venv/bin/python" -c "import mmcv, mmcv.ops, mmdet, mmseg, mmengine, timm; print('mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmseg', mmseg.__version__)")

@@ -1,7 +1,7 @@
 # IGQ-ViT post-training quantization: the plugin and its calibration hook.
 # A leaf config inherits this and sets model.backbone to IGQBackbone; what is quantized
 # (method, bits, groups, neck / roi_head / decode_head) is set in model.backbone.quant
-# (README, "Configuration keys").
+# (README, "Methods and options").
 custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
 custom_hooks = [
     dict(

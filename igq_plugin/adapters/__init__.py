@@ -1,23 +1,18 @@
-"""Architecture adapters: where an attention module's operands and softmax are.
+"""Architecture adapters: explicit attention for timm's ViT / Swin attention and
+torch's ``nn.MultiheadAttention``.
 
-Model conversion (:func:`igq_plugin.nn.quantize_model`) swaps float ``Linear``,
-``Conv2d`` and ``Softmax`` modules for quantized wrappers. Attention modules that
-compute their softmax with a fused kernel or a tensor method expose none of these;
-an adapter turns such a module, in place, into an explicit version of itself: the same
-parameters under the same names, the float module's own ``forward`` while every
-quantizer inside it is in float mode (bit-identical), and an explicit path otherwise,
-with ``q @ k^T``, a ``softmax`` submodule and ``attn @ v`` that the quantizers see.
-
-Adapters match on the class, found through ``sys.modules``: a model can only hold a
-timm module if timm is already imported, so the core imports no model library.
+Importing this package registers its adapters with
+:func:`igq_plugin.nn.attention.register_adapter` (``igq_plugin`` imports it), so that
+:func:`~igq_plugin.nn.quantize_model` applies them by default. Adapters match on the
+class, found through ``sys.modules``: a model can only hold a timm module if timm is
+already imported, so nothing here imports a model library.
 """
-from .base import AttentionAdapter, adapt_attention, find_adapter, quantizers_active
+from ..nn.attention import register_adapter
 from .timm_attention import TimmAttentionAdapter, TimmWindowAttentionAdapter
 from .torch_mha import MultiheadAttentionAdapter, QuantMultiheadAttention
 
-ADAPTERS: tuple[AttentionAdapter, ...] = (TimmAttentionAdapter(), TimmWindowAttentionAdapter(),
-                                          MultiheadAttentionAdapter())
+ADAPTERS = tuple(register_adapter(adapter) for adapter in (
+    TimmAttentionAdapter(), TimmWindowAttentionAdapter(), MultiheadAttentionAdapter()))
 
-__all__ = ['ADAPTERS', 'AttentionAdapter', 'adapt_attention', 'find_adapter',
-           'quantizers_active', 'TimmAttentionAdapter', 'TimmWindowAttentionAdapter',
+__all__ = ['ADAPTERS', 'TimmAttentionAdapter', 'TimmWindowAttentionAdapter',
            'MultiheadAttentionAdapter', 'QuantMultiheadAttention']

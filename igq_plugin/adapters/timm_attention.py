@@ -14,7 +14,7 @@ import sys
 import torch
 from torch import nn
 
-from .base import AttentionAdapter, quantizers_active
+from ..nn.attention import AttentionAdapter, quantizers_active
 
 
 class TimmAdapter(AttentionAdapter):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.layers import QKVQuantizer, WeightQuantizedLayer
-from ..quant import WeightQuantizer
-from .base import AttentionAdapter, quantizers_active
+from ..quantizers import WeightQuantizer
+from ..nn.attention import AttentionAdapter, quantizers_active
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -11,7 +11,7 @@ the run-time assignment gives it under those bounds.
 The widest group keeps its envelope, which spans every calibration range (so G = 1 is
 the per-tensor quantizer, as with ``envelope``): with it free, the bounds that are best
 for the one calibration image clipped the items of other images, and on held-out images
-of the demo detector the error rose above the envelope's (README, "Group bounds").
+of the demo detector the error rose above the envelope's (docs/studies.md, "Group bounds").
 Under the ``cover`` assignment the narrower groups then clip no calibration item either:
 moving their bounds re-partitions the items between step sizes.
 

@@ -41,8 +41,8 @@ class GroupFit:
         no group contains still finds the widest group as wide as the per-tensor
         quantizer's range (with G = 1 it is that quantizer). Without the widest group's
         extension the groups together covered less than the per-tensor range, and on
-        held-out images IGQ's error at 6 bits stayed above per-tensor's (README, "Group
-        assignment").
+        held-out images IGQ's error at 6 bits stayed above per-tensor's (docs/studies.md,
+        "Group assignment").
 
         Args:
             lower: the ``[P]`` minima the fit was computed on.

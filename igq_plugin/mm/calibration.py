@@ -17,7 +17,7 @@ from torch import nn
 from ..calibration import CalibrationReport, calibrate_model, eval_mode
 from ..nn import float_run, require_record
 from ..report import format_table
-from ..search import check_sensitivity
+from ..search import DEFAULT_SENSITIVITY, check_sensitivity
 from .predictors import build_predictor, check_search_rois
 
 
@@ -52,7 +52,7 @@ def predict_forward(model: nn.Module, batch: dict):
 def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
                        progress: Callable[[int], object] | None = ProgressBar,
                        reuse_prefix: bool = True, search_rois: int | None = None,
-                       sensitivity: str = 'exact',
+                       sensitivity: str = DEFAULT_SENSITIVITY,
                        fisher_samples: int | None = None) -> CalibrationReport:
     """Calibrate a converted mm model and, for ``method='igq'``, allocate groups.
 
@@ -66,8 +66,8 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
             best-scored proposals; ``None`` (default) takes all of them, the
             definition in docs/method.md, section 5. See
             :class:`~.predictors.RoIClassPredictor`.
-        sensitivity: ``'exact'``, ``'fisher'`` or ``'fisher-full'``, the estimator of
-            the sensitivity tables; ``fisher_samples``: its label draws per item
+        sensitivity: ``'fisher'`` (default), ``'exact'`` or ``'fisher-full'``, the
+            estimator of the sensitivity tables; ``fisher_samples``: its label draws per item
             (``None``: the estimator's default; see :func:`igq_plugin.calibrate_model`).
 
     Returns:

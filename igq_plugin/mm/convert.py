@@ -1,7 +1,7 @@
 """The one conversion path of an mm detector or segmentor.
 
 Every key that chooses what is quantized lives in ``model.backbone.quant`` (README,
-"Configuration keys"): the :class:`~igq_plugin.nn.QuantConfig` fields plus the parts
+"Methods and options"): the :class:`~igq_plugin.nn.QuantConfig` fields plus the parts
 switches below. ``IGQBackbone`` validates them when the model is built;
 :func:`quantize_mm_model` converts every selected part (backbone, neck, RoI heads,
 decode head) through :func:`igq_plugin.nn.quantize_model`. The calibration hook, the
@@ -18,12 +18,11 @@ from torch import nn
 from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
 from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
 
-from ..nn import (QuantConfig, QuantizationRecord, quantize_model, quantizer_buffers,
-                  register_float_layer)
+from ..nn import (QuantConfig, QuantizationRecord, quantization_record, quantize_model,
+                  quantizer_buffers)
 
 # mmcv's wrappers only add empty-tensor handling, which the quantized layers keep.
-register_float_layer(MMCVLinear)
-register_float_layer(MMCVConv2d)
+MMCV_FLOAT_LAYERS = (MMCVLinear, MMCVConv2d)
 
 SETTINGS_ATTRIBUTE = 'igq_settings'
 # The patch embedding of mmdet's / mmseg's Swin and of mmseg's ViT: 8-bit weights and a
@@ -109,7 +108,6 @@ def quantize_mm_model(model: nn.Module) -> QuantizationRecord:
     Raises:
         TypeError: ``model.backbone`` was not built by ``IGQBackbone``.
     """
-    from ..nn import quantization_record
     record = quantization_record(model)
     if record is not None:
         return record
@@ -124,7 +122,8 @@ def quantize_mm_model(model: nn.Module) -> QuantizationRecord:
                     if 'decode_head' in parts and _has_module(model, name))
     return quantize_model(model, settings.config, include=parts, exclude=exclude,
                           first_layers=(FIRST_LAYER,),
-                          input_range=pixel_range(model), instance_roots=('backbone',))
+                          input_range=pixel_range(model), instance_roots=('backbone',),
+                          float_layers=MMCV_FLOAT_LAYERS)
 
 
 

@@ -11,10 +11,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..calibration import check_quantized
-from ..host_memory import reuse_freed_memory
 from ..nn import QuantState, import_state, set_quant_state
 from ..quant import QuantMode, set_mode
-from ..search import check_sensitivity
+from ..search import DEFAULT_SENSITIVITY, check_sensitivity
 from .calibration import calibrate_mm_model, log_report, take_calibration_batches
 from .convert import fit_float_checkpoint, mm_settings, quantize_mm_model
 from .predictors import check_predictable, check_search_rois
@@ -31,7 +30,7 @@ class IGQCalibrationHook(Hook):
     evaluation.
 
     The model's backbone must be built by ``IGQBackbone``: its ``quant`` entry holds
-    every setting of what is quantized (README, "Configuration keys"). Before the
+    every setting of what is quantized (README, "Methods and options"). Before the
     checkpoint is loaded the hook converts the model (:func:`~.convert.quantize_mm_model`);
     after it is loaded the hook checks that the checkpoint holds exactly the model's
     float tensors; before evaluating it takes ``num_images`` images from a dataloader,
@@ -52,25 +51,21 @@ class IGQCalibrationHook(Hook):
             best-scored proposals. ``None`` (default): all of them, the definition
             in docs/method.md, section 5; a smaller count makes the search faster.
         sensitivity: estimator of the allocation's sensitivity tables
-            (``method='igq'``): ``'exact'`` (default; one partial forward per layer
-            and candidate G), ``'fisher'`` (a diagonal-Fisher estimate from one
-            forward and ``fisher_samples`` backward passes per calibration image) or
-            ``'fisher-full'`` (the same passes, the sampled full Fisher); see
+            (``method='igq'``): ``'fisher'`` (default; a diagonal-Fisher estimate
+            from one forward and ``fisher_samples`` backward passes per calibration
+            image), ``'exact'`` (one partial forward per layer and candidate G, the
+            method's definition) or ``'fisher-full'`` (the same passes, the sampled full Fisher); see
             :func:`igq_plugin.calibrate_model`.
         fisher_samples: labels drawn per item for the Fisher estimators; ``None``:
             the estimator's default (4 for ``'fisher'``, 16 for ``'fisher-full'``).
-        reuse_freed_memory: from the first evaluation on, keep freed host memory in
-            the heap for reuse (:func:`igq_plugin.host_memory.reuse_freed_memory`):
-            faster evaluation on the CPU at detection resolutions, a higher resident
-            peak; process-wide. Default off.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
                  state_file: str | None = None, save_state: bool = True,
-                 search_rois: int | None = None, sensitivity: str = 'exact',
-                 fisher_samples: int | None = None, reuse_freed_memory: bool = False,
+                 search_rois: int | None = None, sensitivity: str = DEFAULT_SENSITIVITY,
+                 fisher_samples: int | None = None,
                  **moved):
         for key in moved:
             if key not in MOVED_ARGUMENTS:
@@ -91,10 +86,6 @@ class IGQCalibrationHook(Hook):
                                                                       fisher_samples)
         except ValueError as error:
             raise ValueError(f'IGQCalibrationHook: {error}') from None
-        if not isinstance(reuse_freed_memory, bool):
-            raise ValueError(f'IGQCalibrationHook: reuse_freed_memory={reuse_freed_memory!r}; '
-                             f'allowed are True and False')
-        self.reuse_freed_memory = reuse_freed_memory
         self.num_images = num_images
         self.dataloader = dataloader
         self.state_file = state_file
@@ -153,10 +144,6 @@ class IGQCalibrationHook(Hook):
             self._calibrate_or_load(runner, model, evaluating)
             self._check_ranks_agree(model)
             self._done = True
-            # after calibration, which released its temporaries to the OS
-            if self.reuse_freed_memory:
-                status = 'on' if reuse_freed_memory() else 'unavailable (needs glibc)'
-                print_log(f'IGQ: reuse_freed_memory: {status}', logger='current')
         count = check_quantized(model)
         print_log(f'IGQ: evaluating the quantized model ({count} activation quantizers '
                   f'active)', logger='current')

@@ -9,9 +9,9 @@ Each predictor is prepared once in float mode on the calibration images and then
 called for every (layer, G) of the search; only the feature extractor and the
 RoI classification branch (or the decode head) run, never the RPN. Both implement
 :class:`~igq_plugin.search.SensitivityPredictor`: ``predict(layer)`` recomputes only
-what the named layer can change: for a Swin backbone the blocks from that layer's
-block onwards (see :mod:`.resume`), for a neck layer the neck, for a head layer the
-head. Both also implement :class:`~igq_plugin.search.FisherPredictor`: ``log_probs()``
+what the named layer can change: for a backbone layer the whole feature extractor,
+for a neck layer the neck (on the cached float backbone outputs), for a head layer
+the head (on the cached float neck outputs). Both also implement :class:`~igq_plugin.search.FisherPredictor`: ``log_probs()``
 gives the same distributions' log-probabilities from a full differentiable forward
 (the ``'fisher'`` estimator).
 """
@@ -24,22 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant import QuantMode, quant_mode
-from .resume import SwinPrefixCache, is_resumable_swin, layer_position
 from .roi_matrix import FixedRoIExtractor, supports
 
 
 class FloatFeatures:
     """Neck outputs of the calibration images when only one layer may differ from float.
 
-    Built in float mode. With ``reuse`` the float activations upstream of a layer are
-    cached: a backbone layer of a Swin backbone resumes from its block
-    (:class:`~.resume.SwinPrefixCache`), a neck layer reruns the neck on the cached
-    backbone outputs, a head layer (``head_prefix``) gets the cached neck outputs.
+    Built in float mode. With ``reuse`` the float outputs of the backbone and of the
+    neck are cached: a neck layer reruns the neck on the cached backbone outputs, a
+    head layer (``head_prefix``) gets the cached neck outputs; a backbone layer runs
+    the whole feature extractor.
 
     Args:
         model: an mm detector or segmentor (``backbone``, optional ``neck``).
         images: one preprocessed ``[1, 3, H, W]`` image per calibration image.
-        reuse: cache float activations; ``False``: every call is a full forward.
+        reuse: cache float outputs; ``False``: every call is a full forward.
         head_prefix: name prefix of the head that consumes the neck outputs.
     """
 
@@ -47,11 +46,9 @@ class FloatFeatures:
                  head_prefix: str):
         self.model, self.images, self.reuse = model, list(images), reuse
         self.head_prefix = head_prefix
-        self.prefix: SwinPrefixCache | None = None
         with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
-            if reuse and is_resumable_swin(model.backbone):
-                self.prefix = SwinPrefixCache(model.backbone, self.images)
-            self.floats = [tuple(model.extract_feat(image)) for image in self.images]
+            self.backbone_outputs = [tuple(model.backbone(image)) for image in self.images]
+            self.floats = [self._neck(outputs) for outputs in self.backbone_outputs]
 
     def _neck(self, backbone_outputs) -> tuple[torch.Tensor, ...]:
         model = self.model
@@ -60,21 +57,12 @@ class FloatFeatures:
     def __call__(self, index: int, layer: str | None) -> tuple[torch.Tensor, ...]:
         """Neck outputs of calibration image ``index`` when only ``layer`` may differ
         from float (``None``: anything may; full forward)."""
-        image = self.images[index]
-        if layer is None or not self.reuse:
-            return tuple(self.model.extract_feat(image))
-        if layer.startswith('backbone.'):
-            if self.prefix is None:  # a backbone without resumable structure
-                return tuple(self.model.extract_feat(image))
-            position = layer_position(self.model.backbone, layer[len('backbone.'):])
-            return self._neck(self.prefix.forward_from(index, position, image))
-        if layer.startswith('neck.'):
-            outputs = (self.prefix.outputs(index) if self.prefix is not None
-                       else self.model.backbone(image))
-            return self._neck(outputs)
-        if layer.startswith(self.head_prefix):
-            return self.floats[index]
-        return tuple(self.model.extract_feat(image))
+        if self.reuse and layer is not None:
+            if layer.startswith('neck.'):
+                return self._neck(self.backbone_outputs[index])
+            if layer.startswith(self.head_prefix):
+                return self.floats[index]
+        return tuple(self.model.extract_feat(self.images[index]))
 
 
 class RoIClassPredictor:
@@ -85,9 +73,9 @@ class RoIClassPredictor:
             ``roi_head``) with ``StandardRoIHead`` or ``CascadeRoIHead``.
         batches: preprocessed calibration batches, one image each:
             ``dict(inputs=[1, 3, H, W] tensor, data_samples=[DetDataSample])``.
-        reuse_prefix: let :meth:`predict` reuse cached float activations, and
-            pool the fixed RoIs with precomputed RoIAlign matrices (see
-            :mod:`.roi_matrix`; same values up to float summation order).
+        reuse_prefix: let :meth:`predict` reuse cached float outputs (see
+            :class:`FloatFeatures`), and pool the fixed RoIs with precomputed RoIAlign
+            matrices (see :mod:`.roi_matrix`; same values up to float summation order).
             ``False``: every call is a full forward with mmcv's RoIAlign, the naive
             search.
         search_rois: keep only the float model's ``search_rois`` best-scored proposals
@@ -121,11 +109,6 @@ class RoIClassPredictor:
                     for feats, stage_rois in zip(self.features.floats, self.stage_rois)]
 
     @property
-    def prefix(self) -> SwinPrefixCache | None:
-        """The cached Swin prefix (``None``: not resumable, or ``reuse_prefix=False``)."""
-        return self.features.prefix
-
-    @property
     def cascade(self) -> bool:
         return hasattr(self.model.roi_head, 'num_stages')
 
@@ -137,13 +120,12 @@ class RoIClassPredictor:
         head = self.model.roi_head
         all_rois = [rois]
         for stage in range(head.num_stages - 1):
-            result = head._bbox_forward(stage, feats, rois)
+            scores, deltas = self._bbox_outputs(stage, feats, rois)
             bbox_head = head.bbox_head[stage]
-            scores = result['cls_score']
             if bbox_head.custom_activation:
                 scores = bbox_head.loss_cls.get_activation(scores)
             labels = scores[:, :-1].argmax(dim=1)
-            boxes = bbox_head.regress_by_class(rois[:, 1:], labels, result['bbox_pred'],
+            boxes = bbox_head.regress_by_class(rois[:, 1:], labels, deltas,
                                                data_samples[0].metainfo)
             rois = torch.cat([rois[:, :1], get_box_tensor(boxes)], dim=1)
             all_rois.append(rois)
@@ -155,6 +137,16 @@ class RoIClassPredictor:
         if not self.cascade:
             return head.bbox_roi_extractor, head.bbox_head
         return head.bbox_roi_extractor[stage], head.bbox_head[stage]
+
+    def _bbox_outputs(self, stage: int, feats, rois) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(class scores [R, K + 1], box deltas)`` of RoI stage ``stage``, pooled by
+        mmcv's RoIAlign: the stage's RoI extractor, the shared head if any, then its
+        box head (what mmdet's RoI heads run at test time)."""
+        extractor, bbox_head = self._stage_parts(stage)
+        pooled = extractor(feats[:extractor.num_inputs], rois)
+        if getattr(self.model.roi_head, 'with_shared_head', False):
+            pooled = self.model.roi_head.shared_head(pooled)
+        return bbox_head(pooled)[:2]
 
     def _linear_pooling(self) -> bool:
         """Whether every stage pools with average RoIAlign straight into its box head."""
@@ -173,10 +165,7 @@ class RoIClassPredictor:
                       mmcv_pooling: bool = False) -> torch.Tensor:
         """Class scores ``[R, K + 1]`` of RoI stage ``stage`` on image ``index``."""
         if self.fixed_extractors is None or mmcv_pooling:
-            head = self.model.roi_head
-            result = (head._bbox_forward(stage, feats, rois) if self.cascade
-                      else head._bbox_forward(feats, rois))
-            return result['cls_score']
+            return self._bbox_outputs(stage, feats, rois)[0]
         extractor, bbox_head = self._stage_parts(stage)
         pooled = self.fixed_extractors[index][stage](feats[:extractor.num_inputs])
         return bbox_head(pooled)[0]

@@ -1,142 +1,54 @@
 """Model conversion: the one path that turns a float model into a quantized one.
 
 :func:`quantize_model` converts a model (or named parts of it) in place: attention
-modules are made explicit by their architecture adapter (:mod:`igq_plugin.adapters`),
-then every ``nn.Linear``, ``nn.Conv2d`` and ``nn.Softmax`` is swapped for its quantized
-wrapper (parameter names are kept) according to a :class:`QuantConfig`, and the model
-gets its life-cycle record and forward guard (:mod:`.lifecycle`). The other helpers
-drive calibration and the group-size allocation through the module tree.
+modules are made explicit by their registered architecture adapter
+(:mod:`igq_plugin.nn.attention`), then every ``nn.Linear``, ``nn.Conv2d`` and
+``nn.Softmax`` is swapped for its quantized wrapper (parameter names are kept)
+according to a :class:`~igq_plugin.nn.config.QuantConfig`, and the model gets its
+life-cycle record and forward guard (:mod:`.lifecycle`).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ..adapters import ADAPTERS, AttentionAdapter, adapt_attention
-from ..grouping import check_assignment, check_distance
-from ..quant import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS, REPQ_PERCENTILES,
-                     ActivationQuantizer,
-                     FixedRangeQuantizer, IGQQuantizer, build_activation_quantizer, check_bits,
-                     check_method)
-from .layers import QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax, WeightQuantizedLayer
+from ..quantizers import FixedRangeQuantizer
+from .attention import AttentionAdapter, adapt_attention, registered_adapters
+from .config import QuantConfig
+from .layers import (QUANTIZED_TYPES, QKVQuantizer, QuantConv2d, QuantLinear, QuantSoftmax,
+                     WeightQuantizedLayer)
 from .lifecycle import (RECORD_ATTRIBUTE, ForwardGuard, QuantizationRecord,
                         quantization_record)
+from .model_quantizers import activation_quantizers
 from .reparam import apply_folds, post_norm_linears
 
 logger = logging.getLogger('igq_plugin')
 
 
-@dataclass(frozen=True)
-class QuantConfig:
-    """What to quantize and how.
-
-    Attributes:
-        method: activation quantizer: ``per-tensor``, ``repq`` (RepQ-ViT, the peer:
-            per-tensor with percentile ranges, post-LayerNorm scales folded into the
-            weights, log2 softmax), ``static-group``, ``igq-fixed``, ``igq`` (with
-            allocation) or ``upper-bound``.
-        w_bits: weight bit-width (per output channel).
-        a_bits: activation bit-width.
-        groups: G for ``static-group`` / ``igq-fixed``, and ``G_avg`` of the allocation
-            budget for ``igq``. Capped per layer at the layer's channel count (e.g. the
-            3 channels of an image input) [choice].
-        candidates: group counts calibrated for the allocation.
-        distance: ``'l2'`` or ``'l1'`` range distance of the assignment.
-        bounds: IGQ group quantization range, ``'envelope'`` (default), ``'mean'`` or
-            ``'mse'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
-        assignment: IGQ run-time group choice, ``'cover'`` (default) or
-            ``'nearest'`` (see :class:`~igq_plugin.quant.IGQQuantizer`).
-        attention: also quantize Q/K/V operands and the softmax attention.
-        first_layer_bits: bits of the first layer's weights and input [choice: 8].
-        weight_percentiles: clipping percentiles searched per weight channel;
-            ``None``: the method's own (RepQ-ViT's for ``repq``, else
-            :data:`~igq_plugin.quant.DEFAULT_PERCENTILES`).
-    """
-
-    method: str = 'igq'
-    w_bits: int = 4
-    a_bits: int = 4
-    groups: int = 8
-    candidates: Sequence[int] = DEFAULT_CANDIDATES
-    distance: str = 'l2'
-    bounds: str = 'envelope'
-    assignment: str = 'cover'
-    attention: bool = True
-    first_layer_bits: int = 8
-    weight_percentiles: Sequence[float] | None = None
-
-    def __post_init__(self):
-        check_method(self.method)
-        check_bits(self.w_bits, 'w_bits')
-        check_bits(self.a_bits, 'a_bits')
-        check_bits(self.first_layer_bits, 'first_layer_bits')
-        check_distance(self.distance)
-        check_assignment(self.assignment)
-        if self.bounds not in GROUP_BOUNDS:
-            raise ValueError(f'bounds={self.bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-            raise ValueError(f'groups={self.groups!r}: must be a positive integer')
-        candidates = tuple(self.candidates)
-        if not candidates or any(isinstance(g, bool) or not isinstance(g, int) or g < 1
-                                 for g in candidates):
-            raise ValueError(f'candidates={candidates!r}: must be positive integers')
-        if self.method in ('igq', 'igq-fixed') and self.groups not in candidates:
-            raise ValueError(f'groups={self.groups} is not one of candidates={candidates}: '
-                             f'add it to candidates or choose one of them')
-        object.__setattr__(self, 'candidates', candidates)
-        if self.weight_percentiles is None:
-            object.__setattr__(self, 'weight_percentiles', REPQ_PERCENTILES
-                               if self.method == 'repq' else DEFAULT_PERCENTILES)
-        object.__setattr__(self, 'weight_percentiles', tuple(self.weight_percentiles))
-
-    def activation_quantizer(self, bits: int, channels: int | None, kind: str = 'channel',
-                             channel_dim: int = -1, name: str = '',
-                             post_norm: bool = False) -> ActivationQuantizer:
-        """Build this config's activation quantizer for one layer named ``name``
-        (``post_norm``: the input of a Linear that follows a LayerNorm)."""
-        groups = self.groups if channels is None else min(self.groups, channels)
-        return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
-                                          groups, self.candidates, self.distance, self.bounds,
-                                          self.assignment, name=name, post_norm=post_norm)
-
-    def as_dict(self) -> dict:
-        """The settings as plain values (for state files and logs)."""
-        return {key: (list(value) if isinstance(value, tuple) else value)
-                for key, value in self.__dict__.items()}
-
-
-def check_runs(methods: Sequence[str], bits: Sequence[int], groups: int) -> None:
-    """Validate every (method, W/A bits, G) combination a tool will run, up front.
-
-    Raises:
-        ValueError: as :class:`QuantConfig` does, naming the value and what is allowed.
-    """
-    for method in methods:
-        for width in bits:
-            QuantConfig(method=method, w_bits=width, a_bits=width, groups=groups)
-
-
 # Float layer classes converted, by the wrapper they become. Subclasses that only add
-# behaviour irrelevant to quantization (e.g. mmcv's empty-tensor ``Linear``) are
-# added by :func:`register_float_layer`; other subclasses are left alone, since a
-# custom ``forward`` (e.g. adaptive padding) would be lost by the swap.
-FLOAT_LINEAR_TYPES: set[type] = {nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear}
-FLOAT_CONV_TYPES: set[type] = {nn.Conv2d}
-QUANTIZED_TYPES = (QuantLinear, QuantConv2d, QuantSoftmax)
+# behaviour irrelevant to quantization (e.g. mmcv's empty-tensor ``Linear``) are named by
+# the caller (``float_layers``); other subclasses are left alone, since a custom
+# ``forward`` (e.g. adaptive padding) would be lost by the swap.
+FLOAT_LINEAR_TYPES = frozenset({nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear})
+FLOAT_CONV_TYPES = frozenset({nn.Conv2d})
 
 
-def register_float_layer(cls: type) -> None:
-    """Allow conversion of a Linear/Conv2d subclass whose ``forward`` is equivalent."""
-    if issubclass(cls, nn.Linear):
-        FLOAT_LINEAR_TYPES.add(cls)
-    elif issubclass(cls, nn.Conv2d):
-        FLOAT_CONV_TYPES.add(cls)
-    else:
-        raise TypeError(f'{cls.__name__} is neither an nn.Linear nor an nn.Conv2d subclass')
+def convertible_types(float_layers: Iterable[type] = ()) -> tuple[frozenset, frozenset]:
+    """``(Linear classes, Conv2d classes)`` converted: the standard ones plus
+    ``float_layers``, subclasses whose ``forward`` is equivalent to their base's."""
+    linear, conv = set(FLOAT_LINEAR_TYPES), set(FLOAT_CONV_TYPES)
+    for cls in float_layers:
+        if isinstance(cls, type) and issubclass(cls, nn.Linear):
+            linear.add(cls)
+        elif isinstance(cls, type) and issubclass(cls, nn.Conv2d):
+            conv.add(cls)
+        else:
+            raise TypeError(f'float_layers: {cls!r} is neither an nn.Linear nor an nn.Conv2d '
+                            f'subclass')
+    return frozenset(linear), frozenset(conv)
 
 
 def _parent_and_attr(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -164,8 +76,9 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
 
 def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterable[str] = (),
                      exclude: Iterable[str] = (), include: Iterable[str] = ('',),
-                     adapters: Iterable[AttentionAdapter] = ADAPTERS,
-                     post_norm: Iterable[str] = ()) -> list[str]:
+                     adapters: Iterable[AttentionAdapter] | None = None,
+                     post_norm: Iterable[str] = (), float_layers: Iterable[type] = ()
+                     ) -> list[str]:
     """Swap the float layers of ``model`` for quantized wrappers, in place.
 
     Attention modules matched by ``adapters`` are first made explicit. Use
@@ -178,16 +91,19 @@ def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterab
             ``config.first_layer_bits`` (the patch embedding).
         exclude: names of modules (and their subtrees) to leave in float.
         include: name prefixes of the parts to convert (``''``: all of ``model``).
-        adapters: architecture adapters to apply.
+        adapters: architecture adapters to apply (``None``: every registered one).
         post_norm: names of Linears whose input is a LayerNorm's output
             (:func:`~igq_plugin.nn.reparam.post_norm_linears`).
+        float_layers: Linear/Conv2d subclasses to convert too (see
+            :func:`convertible_types`).
 
     Returns:
         Names of the converted layers.
     """
     first_layers, exclude, include = set(first_layers), tuple(exclude), tuple(include)
     post_norm = set(post_norm)
-    adapters = tuple(adapters)
+    types = convertible_types(float_layers)
+    adapters = registered_adapters() if adapters is None else tuple(adapters)
     selected = lambda name: _under(name, include) and not _under(name, exclude)  # noqa: E731
     converted = []
     for name, adapter in adapt_attention(model, adapters, include=selected).items():
@@ -201,7 +117,7 @@ def quantize_modules(model: nn.Module, config: QuantConfig, first_layers: Iterab
             continue
         parent, attr = _parent_and_attr(model, name)
         bits = config.first_layer_bits if name in first_layers else None
-        new = _convert_one(name, module, parent, config, bits, name in post_norm)
+        new = _convert_one(name, module, parent, config, types, bits, name in post_norm)
         if new is not None:
             setattr(parent, attr, new)
             converted.append(name)
@@ -215,10 +131,12 @@ def _has_quantized_ancestor(model: nn.Module, name: str) -> bool:
 
 
 def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantConfig,
-                 bits: int | None, post_norm: bool = False) -> nn.Module | None:
+                 types: tuple[frozenset, frozenset], bits: int | None,
+                 post_norm: bool = False) -> nn.Module | None:
     w_bits = bits or config.w_bits
     a_bits = bits or config.a_bits
-    if type(module) in FLOAT_LINEAR_TYPES:
+    linear_types, conv_types = types
+    if type(module) in linear_types:
         output_quantizer = None
         if config.attention and _is_fused_qkv(name, module, parent):
             channels = module.out_features // 3
@@ -232,7 +150,7 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
                                                         name=f'{name}.input_quantizer',
                                                         post_norm=post_norm),
             weight_percentiles=config.weight_percentiles)
-    elif type(module) in FLOAT_CONV_TYPES:
+    elif type(module) in conv_types:
         new = QuantConv2d.from_float(
             module, w_bits=w_bits,
             input_quantizer=config.activation_quantizer(a_bits, module.in_channels,
@@ -265,7 +183,8 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[s
                    exclude: Sequence[str] = (), first_layers: Sequence[str] | None = None,
                    input_range: tuple[torch.Tensor, torch.Tensor] | None = None,
                    instance_roots: Sequence[str] = ('',),
-                   adapters: Iterable[AttentionAdapter] = ADAPTERS) -> QuantizationRecord:
+                   adapters: Iterable[AttentionAdapter] | None = None,
+                   float_layers: Iterable[type] = ()) -> QuantizationRecord:
     """Convert ``model`` for quantization, in place; the entry point of every caller.
 
     What is quantized (docs/method.md, section 2): the input of every Linear and
@@ -284,7 +203,10 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[s
             (normalised pixels); ``None`` calibrates it like any input.
         instance_roots: modules (by name) whose forward receives whole images: their
             batch size tells the quantizers below them which items form one image.
-        adapters: architecture adapters (default: every one this package has).
+        adapters: architecture adapters (``None``: every registered one,
+            :func:`~igq_plugin.nn.attention.registered_adapters`).
+        float_layers: Linear/Conv2d subclasses whose ``forward`` is their base's, to
+            convert too (e.g. mmcv's wrappers, which only add empty-tensor handling).
 
     Returns:
         The model's :class:`~igq_plugin.nn.lifecycle.QuantizationRecord`; the model is
@@ -320,7 +242,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[s
                  if _under(linear, include) and not _under(linear, exclude)
                  and linear not in first_layers}
     converted = quantize_modules(model, config, first_layers, exclude, include, adapters,
-                                 post_norm=folds)
+                                 post_norm=folds, float_layers=float_layers)
     if not converted:
         raise ValueError(f'nothing to quantize in {type(model).__name__} (parts {include}): '
                          f'no Linear, Conv2d or Softmax found')
@@ -362,22 +284,6 @@ def _warn_float_attention(model: nn.Module, config: QuantConfig) -> None:
                        type(model.get_submodule(missed[0])).__name__, missed[0])
 
 
-def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
-    """All activation quantizers of ``model`` by their module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, ActivationQuantizer)}
-
-
-def igq_quantizers(model: nn.Module) -> dict[str, IGQQuantizer]:
-    """The instance-aware group quantizers of ``model`` (the allocation's layers)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, IGQQuantizer)}
-
-
-def set_num_instances(model: nn.Module, num_instances: int | None) -> None:
-    """Tell every activation quantizer how many images the next batch holds."""
-    for quantizer in activation_quantizers(model).values():
-        quantizer.num_instances = num_instances
-
-
 def finalize_calibration(model: nn.Module) -> None:
     """Turn activation statistics into parameters, fold RepQ-ViT's post-LayerNorm
     scales into the weights (``method='repq'``), then fit the weight quantizers.
@@ -392,28 +298,3 @@ def finalize_calibration(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, WeightQuantizedLayer):
             module.finalize_calibration()
-
-
-def reset_statistics(model: nn.Module) -> None:
-    """Forget every recorded calibration statistic (parameters are kept)."""
-    for quantizer in activation_quantizers(model).values():
-        quantizer.reset_statistics()
-
-
-def quantized_layer_count(model: nn.Module) -> dict[str, int]:
-    """How many wrappers of each type ``model`` holds (a quick coverage check)."""
-    counts: dict[str, int] = {}
-    for module in model.modules():
-        if isinstance(module, QUANTIZED_TYPES):
-            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
-    return counts
-
-
-def float_layer_count(model: nn.Module) -> dict[str, int]:
-    """Float ``Linear``/``Conv2d``/``Softmax`` layers (subclasses too) not wrapped."""
-    counts: dict[str, int] = {}
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Softmax)) and \
-                not isinstance(module, QUANTIZED_TYPES):
-            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
-    return counts

@@ -8,7 +8,7 @@ exactly what the float layer computes.
 
 In ``CALIBRATE`` mode each wrapper records, on its activation quantizers, the cost
 of the operation that consumes the quantized tensor
-(:meth:`~igq_plugin.quant.ActivationQuantizer.record_cost`) for the BOP cost model.
+(:meth:`~igq_plugin.quantizers.ActivationQuantizer.record_cost`) for the BOP cost model.
 """
 from __future__ import annotations
 
@@ -16,21 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..grouping.layout import instance_param_view, split_instances
-from ..quant import (DEFAULT_PERCENTILES, ActivationQuantizer, QuantMode, WeightQuantizer,
-                     compiled, fake_quantize)
+from ..quant.mode import QuantMode
+from ..quantizers import DEFAULT_PERCENTILES, ActivationQuantizer, WeightQuantizer
 
 
 def _record_cost(quantizer: nn.Module, macs: int, out_elements: int, other_bits: int) -> None:
     if isinstance(quantizer, ActivationQuantizer):  # not an nn.Identity placeholder
         quantizer.record_cost(macs, out_elements, other_bits)
-
-
-def _watched(modules) -> bool:
-    """Whether a forward hook would see a call of any of ``modules``."""
-    hooks = nn.modules.module
-    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks) or any(
-        m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class WeightQuantizedLayer:
@@ -166,53 +158,7 @@ class QKVQuantizer(nn.Module):
         _record_cost(self.q, score_macs, scores, self.k.bits)
         _record_cost(self.k, score_macs, scores, self.q.bits)
         _record_cost(self.v, score_macs, windows * tokens * channels, self.q.bits)  # attn @ v
-        fused = self._quantize_in_one_pass(qkv, (q, k, v))
-        if fused is not None:
-            return fused
         return torch.cat([self.q(q), self.k(k), self.v(v)], dim=-1)
-
-    def _quantize_in_one_pass(self, qkv: torch.Tensor, parts: tuple[torch.Tensor, ...]
-                              ) -> torch.Tensor | None:
-        """``cat([q(Q), k(K), v(V)])`` as one fake-quantization of ``qkv`` ``[B', N, 3C]``
-        with the three quantizers' parameters side by side (``[I, 3C]``), bit for bit:
-        it saves the concatenation's copy of the three outputs. ``None`` where it does not
-        apply: a quantizer not in ``QUANTIZED`` mode (the search quantizes one operand at
-        a time), without :meth:`~igq_plugin.quant.ActivationQuantizer.channel_parameters`
-        (e.g. RepQ-ViT's), different bit-widths or instance counts, autograd, or forward
-        hooks that watch a quantizer (e.g. the per-layer errors of
-        :func:`~igq_plugin.mm.evaluation.quantization_errors`): they see its call.
-        """
-        quantizers = (self.q, self.k, self.v)
-        first = quantizers[0]
-        if _watched(quantizers):
-            return None
-        if any(not isinstance(m, ActivationQuantizer) or m.mode is not QuantMode.QUANTIZED
-               or not bool(m.calibrated) or m.kind != 'channel' or m.channel_dim != -1
-               or m.bits != first.bits or m.num_instances != first.num_instances
-               for m in quantizers):
-            return None
-        if torch.is_grad_enabled() and qkv.requires_grad:
-            return None
-        params = [m.channel_parameters(part) for m, part in zip(quantizers, parts)]
-        if any(p is None for p in params):
-            return None
-        view, _ = split_instances(qkv, -1, first.num_instances)  # [I, ..., 3C]
-        shape = (view.shape[0], parts[0].shape[-1])  # [I, C] per operand
-
-        def side_by_side(values):  # 0-dim, [C] or [I, C] each -> [I, 3C]
-            return torch.cat([value.expand(shape) for value in values], dim=-1)
-
-        scale = side_by_side([p[0] for p in params])
-        zero = side_by_side([p[1] for p in params])
-        inverse = side_by_side([torch.reciprocal(p[0]) if p[2] is None else p[2]
-                                for p in params])
-        if compiled.use_compiled('qkv', qkv, scale, zero):
-            out = compiled.fake_quantize_instances(view, scale, zero, first.bits, -1, inverse)
-        else:
-            out = fake_quantize(view, instance_param_view(scale, view, -1),
-                                instance_param_view(zero, view, -1), first.bits,
-                                integer_zero_point=True)
-        return out.reshape(qkv.shape)
 
     def extra_repr(self) -> str:
         return f'num_heads={self.num_heads}'
@@ -244,3 +190,7 @@ class QuantSoftmax(nn.Softmax):
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, value_dim={self.value_dim}'
+
+
+# The wrappers a conversion creates (the float layers they replace are in .convert).
+QUANTIZED_TYPES = (QuantLinear, QuantConv2d, QuantSoftmax)

@@ -17,7 +17,8 @@ from typing import Iterator
 
 from torch import nn
 
-from ..quant import QuantMode, mode_modules, quant_mode
+from ..quant.mode import QuantMode, mode_modules, quant_mode
+from .model_quantizers import set_num_instances
 
 RECORD_ATTRIBUTE = 'igq_quantization'
 
@@ -131,7 +132,6 @@ class ForwardGuard:
                                    f'float model (use float_run(model) for a float forward)')
         batch = _first_tensor(args)
         if batch is not None:
-            from .convert import set_num_instances  # convert imports this module
             set_num_instances(module, batch.shape[0])
 
 

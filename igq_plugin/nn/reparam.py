@@ -11,7 +11,7 @@ affine and the Linear's weights, so that one per-tensor quantizer with
     Linear:     W'[:, c] = r_c W[:, c],  bias' = bias + W' b
 
 which leaves the float function unchanged (:meth:`RepQQuantizer.fold
-<igq_plugin.quant.RepQQuantizer.fold>`). The weights are then quantized per output
+<igq_plugin.quantizers.RepQQuantizer.fold>`). The weights are then quantized per output
 channel as usual.
 
 Which Linear follows which LayerNorm is read off the module structure of the blocks
@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .lifecycle import quantization_record
 
 # (norm child, branch children, what in the branch takes the norm's output)
 _BLOCK_PATTERNS = (
@@ -105,7 +107,6 @@ def post_norm_linears(model: nn.Module) -> dict[str, str]:
 
 def restore_folds(model: nn.Module) -> None:
     """Put back the float LayerNorm / Linear parameters of every applied fold."""
-    from .lifecycle import quantization_record
     record = quantization_record(model)
     if record is None or not record.fold_originals:
         return
@@ -134,7 +135,6 @@ def apply_folds(model: nn.Module) -> int:
     Returns:
         The number of folds applied.
     """
-    from .lifecycle import quantization_record
     record = quantization_record(model)
     if record is None or not record.folds:
         return 0

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quant import ActivationQuantizer, OpCost
+from ..quantizers import ActivationQuantizer, OpCost
 from ..quant.mode import ModeSwitchMixin
 from .reparam import apply_folds
 

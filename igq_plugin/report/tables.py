@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ..quant import ActivationQuantizer, IGQQuantizer, UpperBoundQuantizer
+from ..quantizers import ActivationQuantizer, IGQQuantizer, UpperBoundQuantizer
 from ..search.bops import layer_bops
 from ..search.model_costs import layer_cost
 
@@ -21,7 +21,7 @@ def layer_rows(quantizers: Mapping[str, ActivationQuantizer],
         per_item = isinstance(quantizer, UpperBoundQuantizer)
         groups, _ = quantizer.bop_groups(quantizer.channels or 1)
         row = dict(layer=name, method=quantizer.method, a_bits=quantizer.bits,
-                   items=quantizer.channels if quantizer.kind == 'channel' else 'rows',
+                   items=quantizer.channels if quantizer.layout.fixed_items else 'rows',
                    groups='per-item' if per_item else groups, sensitivity=None, bops=None)
         if quantizer.last_input_shape is not None and quantizer.op_cost is not None:
             cost = layer_cost(name, quantizer)

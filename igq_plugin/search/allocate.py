@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..quant import IGQQuantizer
+from ..quantizers import IGQQuantizer
 from .allocation import solve_allocation
 from .bops import layer_bops, reference_groups
 from .model_costs import model_costs
@@ -34,8 +34,9 @@ class AllocationResult:
     unmeasured: tuple[str, ...] = ()
 
 
-def allocate_groups(layers: Mapping[str, IGQQuantizer], sensitivity: Mapping[str, Mapping[int, float]],
-                    g_avg: int, budget: int | None = None, method: str = 'milp') -> AllocationResult:
+def allocate_groups(layers: Mapping[str, IGQQuantizer],
+                    sensitivity: Mapping[str, Mapping[int, float]], g_avg: int,
+                    budget: int | None = None) -> AllocationResult:
     """Solve and apply the group-size allocation.
 
     A layer whose sensitivity is the same for every candidate does not feed the
@@ -50,7 +51,6 @@ def allocate_groups(layers: Mapping[str, IGQQuantizer], sensitivity: Mapping[str
         sensitivity: ``{layer: {G: Omega}}`` over each layer's candidates.
         g_avg: the reference group count of the budget.
         budget: explicit BOP budget; ``None`` means every layer at ``G_avg``.
-        method: solver (``'milp'``, ``'dp'`` or ``'brute'``).
 
     Raises:
         ValueError: when the budget cannot be met (the message gives the budget and
@@ -74,8 +74,7 @@ def allocate_groups(layers: Mapping[str, IGQQuantizer], sensitivity: Mapping[str
     if measured:
         solved = solve_allocation({n: tables[n] for n in measured},
                                   {n: bops[n] for n in measured},
-                                  budget - sum(bops[n][g] for n, g in groups.items()),
-                                  method=method)
+                                  budget - sum(bops[n][g] for n, g in groups.items()))
         groups = {name: solved.get(name, groups.get(name)) for name in layers}
     apply_allocation(layers, groups)
     total = sum(bops[name][g] for name, g in groups.items())

@@ -2,35 +2,31 @@
 
 For every layer ``l`` pick exactly one candidate group count ``G_l`` so that
 ``sum_l Omega_l(G_l)`` is minimal subject to ``sum_l BOP_l(G_l) <= budget``
-(``docs/igq-method.md`` section 5). Costs are integers and the budget is
-respected exactly; three solvers reach the same optimal objective:
+(docs/method.md, section 5). Costs are integers and the budget is
+respected exactly; two solvers reach the same optimal objective:
 
 - ``'milp'``: ``scipy.optimize.milp`` (HiGHS) on binary variables, the solution
   re-checked in exact integers;
 - ``'dp'``: an exact dynamic programme over the layers that keeps the Pareto
-  front of (cost, sensitivity) partial solutions; needs only numpy;
-- ``'brute'``: enumerates every assignment; for tiny problems and tests.
+  front of (cost, sensitivity) partial solutions; needs only numpy, and is the
+  fallback of ``'milp'``.
 
 Conventions:
     - A sensitivity of ``+inf`` marks a forbidden candidate; NaN and ``-inf``
       are errors. Negative finite sensitivities are allowed.
     - Ties (equal objective) are broken deterministically, the same way on
       every call, but not by a rule shared by the methods: ``'milp'`` returns
-      the solution HiGHS finds, ``'dp'`` the cheapest of the optimal ones,
-      ``'brute'`` the first optimal one in ``itertools.product`` order over
-      ascending candidates. Compare objective values, not assignments.
+      the solution HiGHS finds, ``'dp'`` the cheapest of the optimal ones.
+      Compare objective values, not assignments.
 
 Example:
     >>> sens = {'a': {1: 3.0, 2: 1.0}, 'b': {1: 2.0, 2: 0.5}}
     >>> cost = {'a': {1: 10, 2: 20}, 'b': {1: 10, 2: 15}}
     >>> solve_allocation(sens, cost, budget=30, method='dp')
     {'a': 2, 'b': 1}
-    >>> allocation_summary({'a': 2, 'b': 1}, sens, cost)
-    (3.0, 30)
 """
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Mapping
@@ -38,13 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ['ALLOCATION_METHODS', 'allocation_summary', 'solve_allocation']
+__all__ = ['ALLOCATION_METHODS', 'solve_allocation']
 
 #: Solver names accepted by :func:`solve_allocation`.
-ALLOCATION_METHODS = ('milp', 'dp', 'brute')
-
-# 'brute' refuses problems with more assignments than this.
-_BRUTE_MAX_ASSIGNMENTS = 1_000_000
+ALLOCATION_METHODS = ('milp', 'dp')
 
 # Partial costs are kept in int64 while every sum stays below this bound, and
 # in Python ints (numpy object arrays) otherwise.
@@ -170,23 +163,6 @@ def _reduce(names: list[str], all_g: list[list[int]], all_s: list[list[float]],
     return problem, shifts
 
 
-def _solve_brute(p: _Problem) -> list[int]:
-    """Enumerate every assignment; return the first optimal one (indices)."""
-    n_assign = math.prod(len(c) for c in p.choices)
-    if n_assign > _BRUTE_MAX_ASSIGNMENTS:
-        raise ValueError(f"method 'brute' would enumerate {n_assign} assignments; allowed "
-                         f"at most {_BRUTE_MAX_ASSIGNMENTS}: use 'dp' or 'milp'")
-    best, best_sens = None, math.inf
-    for idx in itertools.product(*(range(len(c)) for c in p.choices)):
-        if sum(c[j] for c, j in zip(p.cost, idx)) > p.slack:
-            continue
-        s = math.fsum(ss[j] for ss, j in zip(p.sens, idx))
-        if best is None or s < best_sens:
-            best, best_sens = list(idx), s
-    assert best is not None  # the all-cheapest assignment always fits the slack
-    return best
-
-
 def _solve_dp(p: _Problem) -> list[int]:
     """Exact DP over layers keeping the Pareto front of partial solutions.
 
@@ -283,9 +259,9 @@ def solve_allocation(sensitivity: Mapping[str, Mapping[int, float]],
         cost: ``{layer: {G: BOP_l(G)}}`` with the same layers and candidates;
             non-negative ints.
         budget: Largest allowed total cost, an int > 0 (e.g.
-            :func:`igq_plugin.search.bops.budget_bops`).
-        method: ``'milp'`` (scipy HiGHS), ``'dp'`` (exact Pareto DP, numpy
-            only) or ``'brute'`` (enumeration, at most 1e6 assignments).
+            :func:`igq_plugin.search.allocate_groups` sets "every layer at G_avg").
+        method: ``'milp'`` (scipy HiGHS) or ``'dp'`` (exact Pareto DP, numpy
+            only).
 
     Returns:
         ``{layer: G}`` in the order of ``sensitivity``; its total cost is
@@ -307,9 +283,7 @@ def solve_allocation(sensitivity: Mapping[str, Mapping[int, float]],
     names, all_g, all_s, all_c = _check_tables(sensitivity, cost)
     problem, _ = _reduce(names, all_g, all_s, all_c, budget)
 
-    if method == 'brute':
-        idx = _solve_brute(problem)
-    elif method == 'dp':
+    if method == 'dp':
         idx = _solve_dp(problem)
     else:
         idx = _solve_milp(problem)
@@ -321,34 +295,3 @@ def solve_allocation(sensitivity: Mapping[str, Mapping[int, float]],
         if idx is None or sum(c[j] for c, j in zip(problem.cost, idx)) > problem.slack:
             idx = _solve_dp(problem)
     return {name: problem.choices[layer][j] for layer, (name, j) in enumerate(zip(names, idx))}
-
-
-def allocation_summary(assignment: Mapping[str, int],
-                       sensitivity: Mapping[str, Mapping[int, float]],
-                       cost: Mapping[str, Mapping[int, int]]) -> tuple[float, int]:
-    """Total sensitivity and total cost of an assignment.
-
-    Args:
-        assignment: ``{layer: G}`` for every layer of ``sensitivity``.
-        sensitivity: ``{layer: {G: Omega_l(G)}}``.
-        cost: ``{layer: {G: BOP_l(G)}}``.
-
-    Returns:
-        ``(sum of sensitivities, sum of costs)``; the first is
-        ``math.fsum`` (correctly rounded), the second an exact int.
-
-    Raises:
-        ValueError: If the assignment misses or adds a layer, or picks a
-            group count that is not a candidate of that layer.
-    """
-    if set(assignment) != set(sensitivity) or set(assignment) != set(cost):
-        raise ValueError(f'assignment layers {sorted(assignment)} must equal the layers of '
-                         f'sensitivity {sorted(sensitivity)} and cost {sorted(cost)}')
-    total_s, total_c = [], 0
-    for name, g in assignment.items():
-        if g not in sensitivity[name] or g not in cost[name]:
-            raise ValueError(f'layer {name!r}: group count {g!r} is not a candidate; allowed '
-                             f'{sorted(sensitivity[name])}')
-        total_s.append(float(sensitivity[name][g]))
-        total_c += int(cost[name][g])
-    return math.fsum(total_s), total_c

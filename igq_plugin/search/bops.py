@@ -2,7 +2,7 @@
 
 The paper counts BOPs "including the overhead" of instance-aware grouping but
 does not give the formula; the formula below is the project's choice
-(``docs/igq-method.md`` section 5). All arithmetic is exact Python ``int``.
+(docs/method.md, section 5). All arithmetic is exact Python ``int``.
 
 Notation (fields of :class:`LayerCost`): ``MACs`` multiply-accumulates of the
 quantized op per forward, ``b_w``/``b_a`` its operand bit-widths, ``I`` number
@@ -41,18 +41,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
-from ..quant.activation import DEFAULT_CANDIDATES, KINDS
+from ..quantizers import DEFAULT_CANDIDATES, KINDS
 
 __all__ = [
     'DEFAULT_CANDIDATES',
     'FLOAT_OP_BOPS',
     'LayerCost',
-    'budget_bops',
-    'capped_candidates',
-    'cost_table',
     'layer_bops',
 ]
 
@@ -199,88 +195,7 @@ def layer_bops(cost: LayerCost, groups: int, float_op_bops: int = FLOAT_OP_BOPS,
     return compute + f * overhead
 
 
-def budget_bops(costs: Iterable[LayerCost], g_avg: int, float_op_bops: int = FLOAT_OP_BOPS,
-                dynamic: bool = True) -> int:
-    """BOP budget: every layer at ``min(g_avg, channels)`` groups.
-
-    Args:
-        costs: Shape facts of every quantized layer (channel and softmax layers
-            share one budget).
-        g_avg: Reference group count (8 or 12 in the paper), >= 1.
-        float_op_bops: BOPs of one 32-bit float operation, >= 0.
-        dynamic: Passed to :func:`layer_bops`.
-
-    Returns:
-        ``sum(layer_bops(c, reference_groups(c, g_avg)) for c in costs)``.
-
-    Raises:
-        ValueError: If ``costs`` is empty or ``g_avg < 1``.
-    """
-    g_avg = _check_int('g_avg', g_avg, 1)
-    costs = list(costs)
-    if not costs:
-        raise ValueError('costs is empty: need at least one layer to set a budget')
-    return sum(layer_bops(c, reference_groups(c, g_avg), float_op_bops, dynamic)
-               for c in costs)
-
-
 def reference_groups(cost: LayerCost, g_avg: int) -> int:
     """G of a layer in the budget "every layer at G_avg": capped at a channel layer's
     channel count (softmax rows are not capped)."""
     return min(g_avg, cost.channels) if cost.kind == 'channel' else g_avg
-
-
-def capped_candidates(channels: int,
-                      candidates: Sequence[int] = DEFAULT_CANDIDATES) -> tuple[int, ...]:
-    """Candidate group counts of a layer, capped at its channel count.
-
-    Args:
-        channels: Channels (or rows) of the layer, >= 1.
-        candidates: Candidate group counts, each >= 1.
-
-    Returns:
-        Sorted distinct values of ``min(g, channels)``.
-
-    Raises:
-        ValueError: If ``candidates`` is empty or holds a value < 1.
-
-    Example:
-        >>> capped_candidates(6)
-        (1, 2, 4, 6)
-    """
-    channels = _check_int('channels', channels, 1)
-    if len(candidates) == 0:
-        raise ValueError('candidates is empty: need at least one group count')
-    return tuple(sorted({min(_check_int('candidate', g, 1), channels) for g in candidates}))
-
-
-def cost_table(costs: Iterable[LayerCost], candidates: Sequence[int] = DEFAULT_CANDIDATES,
-               float_op_bops: int = FLOAT_OP_BOPS,
-               dynamic: bool = True) -> dict[str, dict[int, int]]:
-    """BOPs of every layer at every (capped) candidate group count.
-
-    The result is the ``cost`` argument of
-    :func:`igq_plugin.search.allocation.solve_allocation`.
-
-    Args:
-        costs: Shape facts of every quantized layer, with distinct names.
-        candidates: Candidate group counts, capped per layer by
-            :func:`capped_candidates`.
-        float_op_bops: BOPs of one 32-bit float operation, >= 0.
-        dynamic: Passed to :func:`layer_bops`.
-
-    Returns:
-        ``{name: {G: BOPs}}`` in the order of ``costs``.
-
-    Raises:
-        ValueError: If ``costs`` is empty or two layers share a name.
-    """
-    table: dict[str, dict[int, int]] = {}
-    for c in costs:
-        if c.name in table:
-            raise ValueError(f'duplicate layer name {c.name!r} in costs')
-        table[c.name] = {g: layer_bops(c, g, float_op_bops, dynamic)
-                         for g in capped_candidates(c.channels, candidates)}
-    if not table:
-        raise ValueError('costs is empty: need at least one layer')
-    return table

@@ -2,7 +2,7 @@
 
 During calibration every quantized layer records, on its activation quantizer, the
 input shape and the cost of the operation consuming the quantized tensor
-(:class:`~igq_plugin.quant.OpCost`, see :mod:`igq_plugin.nn.layers`). This module turns those records
+(:class:`~igq_plugin.quantizers.OpCost`, see :mod:`igq_plugin.nn.layers`). This module turns those records
 into :class:`LayerCost` entries for the BOP model. The figures describe the last
 calibration forward (one image by default).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..quant import ActivationQuantizer
+from ..quantizers import ActivationQuantizer
 from .bops import LayerCost, layer_bops
 
 

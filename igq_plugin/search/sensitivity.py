@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence, runtime_chec
 
 import torch
 
-from ..quant import IGQQuantizer, QuantMode, quant_mode
+from ..quant import QuantMode, quant_mode
+from ..quantizers import IGQQuantizer
 
 
 @runtime_checkable

@@ -5,9 +5,10 @@ import torch
 from igq_plugin.grouping import assign_covering, fit_group_ranges
 from igq_plugin.grouping.bounds import (INTERPOLATION_STEPS, MAX_HIST_ITEMS, ItemHistograms,
                                         expected_errors, item_histograms, minimum_error_bounds)
-from igq_plugin.quant import IGQQuantizer, quant_mode
+from igq_plugin.quant import quant_mode
+from igq_plugin.quantizers import IGQQuantizer
 from igq_plugin.quant.primitives import fake_quantize, qparams_from_bounds
-from tests.quantizers import calibrate, quantized
+from tests.quantizer_helpers import calibrate, quantized
 
 
 def channel_histograms(x):

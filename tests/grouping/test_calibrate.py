@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from igq_plugin.grouping import assign_groups, fit_group_ranges, instance_channel_ranges
+from igq_plugin.grouping import assign_groups, fit_group_ranges
+from igq_plugin.quant import instance_channel_ranges
 
 
 def test_converges_on_known_clusters():

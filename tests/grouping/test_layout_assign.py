@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from igq_plugin.grouping import (assign_groups, instance_channel_ranges, instance_view,
-                                 range_distances)
-from igq_plugin.grouping.layout import (instance_param_view, row_param_view, softmax_row_max,
-                                        split_instances)
+from igq_plugin.grouping import assign_groups, range_distances
+from igq_plugin.quant.layout import (instance_channel_ranges, instance_param_view,
+                                     row_param_view, softmax_row_max, split_instances)
+
+from ..reference import instance_view
 
 
 def reference_ranges(x, channel_dim, num_instances):

@@ -8,7 +8,8 @@ from igq_plugin import float_run
 from igq_plugin.mm import MMQuantSettings, calibrate_mm_model, mm_settings, quantize_mm_model
 from igq_plugin.nn import (QuantSoftmax, activation_quantizers, float_layer_count,
                            quantized_layer_count, set_quant_state, QuantState)
-from igq_plugin.quant import FixedRangeQuantizer, quant_mode
+from igq_plugin.quant import quant_mode
+from igq_plugin.quantizers import FixedRangeQuantizer
 
 from .tiny_models import TINY_BACKBONE, tiny_batches, tiny_model_cfg
 

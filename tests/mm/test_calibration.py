@@ -1,5 +1,4 @@
 import copy
-import sys
 
 import pytest
 import torch
@@ -7,7 +6,6 @@ from mmengine.registry import MODELS, init_default_scope
 
 import igq_plugin.mm  # noqa: F401
 from igq_plugin import check_quantized, float_run
-from igq_plugin.calibration import release_freed_memory
 from igq_plugin.mm import calibrate_mm_model, quantize_mm_model
 from igq_plugin.mm.predictors import RoIClassPredictor
 from igq_plugin.nn import (QuantState, activation_quantizers, export_state, float_layer_count,
@@ -148,7 +146,8 @@ def test_full_detector_protocol_keeps_g_avg_where_the_search_is_blind():
     names = list(igq_quantizers(model))
     assert any(n.startswith('rpn_head.') for n in names)
     assert any(n.startswith('roi_head.mask_head.') for n in names)
-    report = calibrate_mm_model(model, tiny_batches(float_model, count=1), progress=None)
+    report = calibrate_mm_model(model, tiny_batches(float_model, count=1), progress=None,
+                                sensitivity='exact')
     blind = set(report.unmeasured)
     # and box regression, and FPN levels that no RoI of this small image is pooled from
     assert {n for n in names if n.startswith(('rpn_head.', 'roi_head.mask_head.'))
@@ -180,21 +179,6 @@ def test_bad_search_rois_fails_before_calibrating():
     with pytest.raises(ValueError, match='search_rois=0: allowed are None'):
         calibrate_mm_model(model, tiny_batches(float_model), progress=None, search_rois=0)
     assert quantization_record(model).state is QuantState.UNCALIBRATED
-
-
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc_trim')
-def test_release_freed_memory_returns_freed_heap_to_the_os():
-    def rss_mib():
-        with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) for line in f if line.startswith('VmRSS')) / 1024
-    # many mid-sized blocks (below the mmap threshold) freed out of order fragment the heap
-    blocks = [torch.ones(16 * 1024) for _ in range(6000)]  # 64 KiB each, ~375 MiB
-    keep = blocks[-1]
-    del blocks
-    before = rss_mib()
-    assert release_freed_memory() is True
-    assert rss_mib() < before - 100, 'freed heap memory stayed resident'
-    assert keep.sum() == 16 * 1024
 
 
 def test_calibration_images_outside_the_dataset_are_refused():

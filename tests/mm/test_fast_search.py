@@ -1,16 +1,16 @@
 """The sensitivity search with cached float prefixes (``RoIClassPredictor.predict(layer)``)
-must give the naive search's numbers, hence the same allocation."""
+must give the naive search's numbers, hence an equally good allocation."""
 import pytest
 import torch
 from mmengine.registry import init_default_scope
 
 from igq_plugin.mm import calibrate_mm_model
 from igq_plugin.mm.predictors import RoIClassPredictor
-from igq_plugin.mm.resume import SwinPrefixCache, layer_position
 from igq_plugin.nn import QuantState, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode
-from igq_plugin.search import allocate_groups, sensitivity_tables
+from igq_plugin.search import sensitivity_tables
 
+from ..allocation_checks import assert_same_optimum
 from .test_calibration import build_pair
 from .tiny_models import CASCADE_CONFIG, tiny_batches
 
@@ -42,7 +42,6 @@ def test_fast_search_equals_naive_search(config, roi_head, search_rois):
     assert any(n.startswith('neck.') for n in layers)
     assert any(n.startswith('roi_head.') for n in layers) == roi_head
     predictor = RoIClassPredictor(model, batches, search_rois=search_rois)
-    assert predictor.prefix is not None
     assert predictor.fixed_extractors is not None  # RoIAlign as precomputed matrices
     fast = sensitivity_tables(model, layers, predictor)
     naive = sensitivity_tables(model, layers, RoIClassPredictor(
@@ -58,9 +57,7 @@ def test_fast_search_equals_naive_search(config, roi_head, search_rois):
     for name, table in naive.items():
         if name.endswith(('output_quantizer.k', 'output_quantizer.v')):
             assert max(table.values()) > 0, name
-    for g_avg in (2, 4):
-        assert (allocate_groups(layers, fast, g_avg=g_avg).groups
-                == allocate_groups(layers, naive, g_avg=g_avg).groups)
+    assert_same_optimum(layers, fast, naive)
 
 
 @pytest.mark.parametrize('config', [None, CASCADE_CONFIG])
@@ -73,35 +70,32 @@ def test_search_rois_are_the_best_scored_float_proposals(config):
                                            batches[0]['data_samples'], rescale=False)[0]
         full_probs, top_probs = full.predict(None)[0], top.predict(None)[0]
     assert len(proposals) > 5 and bool((proposals.scores[:-1] >= proposals.scores[1:]).all())
-    for stage_full, stage_top in zip(full.stage_rois[0], top.stage_rois[0]):
+    for stage, (stage_full, stage_top) in enumerate(zip(full.stage_rois[0], top.stage_rois[0])):
         assert stage_top.shape == (5, 5)
-        assert torch.equal(stage_top, stage_full[:5])  # Cascade: refined the same way
-    assert torch.allclose(top_probs, full_probs[:5], atol=1e-6)
+        if stage == 0:  # the proposals themselves: copied, not computed
+            assert torch.equal(stage_top, stage_full[:5])
+        else:
+            # Cascade: refined by the same regression. A batch of 5 RoIs and one of all
+            # sum the head's float32 products (fan-in ~1e4) in another order, so the
+            # boxes agree to ~sqrt(fan-in) * eps relative, far below a pixel.
+            torch.testing.assert_close(stage_top, stage_full[:5], rtol=1e-4, atol=1e-3)
+    # class probabilities in [0, 1], through the same float32 sums
+    torch.testing.assert_close(top_probs, full_probs[:5], rtol=0, atol=1e-5)
     everything = RoIClassPredictor(model, batches, search_rois=10 ** 6)
     assert torch.equal(everything.stage_rois[0][0], full.stage_rois[0][0])
 
 
-def test_resumed_backbone_equals_full_forward_from_every_block():
+def test_cached_float_features_equal_a_full_forward():
+    """A neck or head layer of the search runs on cached float outputs: with every
+    quantizer in float mode they are what a full forward computes."""
     model, batches = calibrated()
-    backbone = model.backbone
-    images = [b['inputs'] for b in batches]
+    predictor = RoIClassPredictor(model, batches)
     with torch.no_grad(), quant_mode(model, QuantMode.FLOAT):
-        cache = SwinPrefixCache(backbone, images)
-        full = backbone(images[1])
-        positions = {layer_position(backbone, n[len('backbone.'):])
-                     for n in igq_quantizers(model) if n.startswith('backbone.')}
-        assert {(0, 0), (0, 1), (2, 1), (3, 0)} <= positions  # (0, 1): stage 0's merging
-        positions.add(None)  # the patch embedding (a fixed-range quantizer)
-        for position in positions:
-            resumed = cache.forward_from(1, position, images[1])
-            assert len(resumed) == len(full)
-            for ours, theirs in zip(resumed, full):
-                assert torch.equal(ours, theirs), position
-
-
-def test_layer_position_of_names():
-    model, _ = calibrated()
-    backbone = model.backbone
-    assert layer_position(backbone, 'patch_embed.projection.input_quantizer') is None
-    assert layer_position(backbone, 'stages.2.blocks.1.attn.w_msa.softmax.quantizer') == (2, 1)
-    assert layer_position(backbone, 'stages.1.downsample.reduction.input_quantizer') == (1, 1)
+        full = model.extract_feat(batches[1]['inputs'])
+        for layer in ('neck.fpn_convs.0.conv.input_quantizer',
+                      'roi_head.bbox_head.shared_fcs.0.input_quantizer', None):
+            cached = predictor.features(1, layer)
+            assert len(cached) == len(full)
+            for ours, theirs in zip(cached, full):
+                # the same modules on the same inputs in one process: the same bits
+                assert torch.equal(ours, theirs), layer

@@ -11,8 +11,9 @@ from igq_plugin.mm.predictors import PixelClassPredictor
 from igq_plugin.nn import (QuantConv2d, QuantLinear, QuantSoftmax, activation_quantizers,
                            export_state, igq_quantizers, import_state)
 from igq_plugin.quant import QuantMode, quant_mode
-from igq_plugin.search import allocate_groups, sensitivity_tables
+from igq_plugin.search import sensitivity_tables
 
+from ..allocation_checks import assert_same_optimum
 from .tiny_segmentors import SWIN_UPERNET, VIT_UPERNET, tiny_seg_batches, tiny_segmentor_cfg
 
 QUANT = dict(method='igq', w_bits=4, a_bits=4, groups=4, candidates=(1, 2, 4))
@@ -104,7 +105,6 @@ def test_pixel_search_with_cached_prefix_equals_naive():
     assert any(n.startswith('decode_head.') for n in layers)
     with float_run(model):
         fast_predictor = PixelClassPredictor(model, batches)
-        assert fast_predictor.features.prefix is not None
         naive_predictor = PixelClassPredictor(model, batches, reuse_prefix=False)
     from igq_plugin.nn import QuantState, set_quant_state
     set_quant_state(model, QuantState.CALIBRATING)
@@ -113,8 +113,7 @@ def test_pixel_search_with_cached_prefix_equals_naive():
     for name in naive:
         for groups, value in naive[name].items():
             assert fast[name][groups] == pytest.approx(value, rel=1e-4, abs=1e-8), (name, groups)
-    assert allocate_groups(layers, fast, g_avg=2).groups == allocate_groups(
-        layers, naive, g_avg=2).groups
+    assert_same_optimum(layers, fast, naive, g_avgs=(2,))
     probabilities = naive_predictor.predict(None)[0]
     assert probabilities.shape == (16 * 16, 4)  # the decode head's 1/4 resolution
 

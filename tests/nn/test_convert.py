@@ -7,7 +7,8 @@ from torch import nn
 from igq_plugin.nn import (QuantConfig, QuantLinear, QuantSoftmax, activation_quantizers,
                            finalize_calibration, float_layer_count, igq_quantizers,
                            quantize_modules, quantized_layer_count)
-from igq_plugin.quant import METHODS, QuantMode, quant_mode
+from igq_plugin.quant import QuantMode, quant_mode
+from igq_plugin.quantizers import METHODS
 from igq_plugin.search import allocate_groups, sensitivity_tables, total_bops
 
 from tests.toy_models import TinyViT, toy_images

@@ -1,16 +1,15 @@
-"""QKVQuantizer's one-pass fake-quantization equals the three quantizers' outputs side
-by side, bit for bit, compiled and eager, and steps aside where it would change what a
-caller sees."""
+"""QKVQuantizer quantizes Q, K and V each with its own quantizer, in its own mode, and
+records the cost of the two attention matmuls that consume them."""
 import pytest
 import torch
 
 from igq_plugin.nn import QKVQuantizer
-from igq_plugin.quant import (IGQQuantizer, PerTensorQuantizer, RepQQuantizer,
-                              StaticGroupQuantizer, UpperBoundQuantizer, compiled, quant_mode)
-from tests.quant.test_compiled import activations, same_bits
-from tests.quantizers import calibrate
+from igq_plugin.quant import QuantMode, quant_mode
+from igq_plugin.quantizers import (IGQQuantizer, PerTensorQuantizer, RepQQuantizer,
+                                   StaticGroupQuantizer, UpperBoundQuantizer)
+from tests.quantizer_helpers import activations, calibrate
 
-CHANNELS, WINDOWS = 32, 4  # 4 windows per image
+CHANNELS, WINDOWS, TOKENS = 32, 4, 16  # 4 windows per image
 
 
 def operand_quantizers(kind, bits=4):
@@ -26,49 +25,43 @@ def operand_quantizers(kind, bits=4):
 
 def calibrated_qkv(kind):
     q, k, v = operand_quantizers(kind)
-    calib = activations(2 * WINDOWS, 16, 3 * CHANNELS, seed=50)
+    calib = activations(2 * WINDOWS, TOKENS, 3 * CHANNELS, seed=50)
     for quantizer, part in zip((q, k, v), calib.chunk(3, dim=-1)):
         calibrate(quantizer, part, num_instances=2)
     return QKVQuantizer(q, k, v, num_heads=2)
 
 
-def separately(module, qkv):
-    """The three quantizers called one by one and concatenated."""
-    parts = qkv.chunk(3, dim=-1)
-    return torch.cat([m(p) for m, p in zip((module.q, module.k, module.v), parts)], dim=-1)
-
-
-@pytest.mark.parametrize('kind', ['igq', 'mixed', 'static'])
-@pytest.mark.parametrize('compiling', [True, False])
-def test_one_pass_equals_the_three_quantizers(kind, compiling, monkeypatch):
-    monkeypatch.setattr(compiled, 'MIN_COMPILED_ELEMENTS', 1)
+@pytest.mark.parametrize('kind', ['igq', 'mixed', 'static', 'repq'])
+def test_each_operand_is_its_own_quantizers_output(kind):
     module = calibrated_qkv(kind)
-    qkv = activations(2 * WINDOWS, 16, 3 * CHANNELS, seed=51)
-    with torch.no_grad(), quant_mode(module, 'quantized'), compiled.compiling(compiling):
-        parts = qkv.chunk(3, dim=-1)
-        assert module._quantize_in_one_pass(qkv, parts) is not None
-        out = module(qkv)
-        expected = separately(module, qkv)
-    assert same_bits(out, expected) and not torch.equal(out, qkv)
-
-
-def test_steps_aside_for_hooks_modes_autograd_and_other_quantizers():
-    qkv = activations(2 * WINDOWS, 16, 3 * CHANNELS, seed=52)
-    parts = qkv.chunk(3, dim=-1)
-    module = calibrated_qkv('igq')
+    qkv = activations(2 * WINDOWS, TOKENS, 3 * CHANNELS, seed=51)
     with torch.no_grad(), quant_mode(module, 'quantized'):
-        seen = []
-        handle = module.k.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-        assert module._quantize_in_one_pass(qkv, parts) is None
-        assert same_bits(module(qkv), separately(module, qkv)) and len(seen) == 2
-        handle.remove()
-        module.v.mode = module.v.mode.FLOAT  # the search quantizes one operand at a time
-        assert module._quantize_in_one_pass(qkv, parts) is None
-        assert torch.equal(module(qkv)[..., 2 * CHANNELS:], parts[2])
-    with quant_mode(module, 'quantized'):
-        grad = qkv.clone().requires_grad_()
-        assert module._quantize_in_one_pass(grad, grad.chunk(3, dim=-1)) is None
-    repq = calibrated_qkv('repq')
-    with torch.no_grad(), quant_mode(repq, 'quantized'):
-        assert repq._quantize_in_one_pass(qkv, parts) is None
-        assert same_bits(repq(qkv), separately(repq, qkv))
+        out = module(qkv)
+        # element-wise maths: the same operations on the same values give the same bits
+        for part, quantizer, got in zip(qkv.chunk(3, dim=-1), (module.q, module.k, module.v),
+                                        out.chunk(3, dim=-1)):
+            assert torch.equal(got, quantizer(part))
+    assert out.shape == qkv.shape and not torch.equal(out, qkv)
+
+
+def test_operands_follow_their_own_mode():
+    module = calibrated_qkv('igq')
+    qkv = activations(2 * WINDOWS, TOKENS, 3 * CHANNELS, seed=52)
+    parts = qkv.chunk(3, dim=-1)
+    with torch.no_grad():
+        assert module(qkv) is qkv  # every quantizer in float mode: untouched
+        with quant_mode(module, 'quantized'):
+            module.v.mode = QuantMode.FLOAT  # the search quantizes one operand at a time
+            out = module(qkv).chunk(3, dim=-1)
+    assert torch.equal(out[2], parts[2]) and not torch.equal(out[0], parts[0])
+
+
+def test_records_the_attention_matmul_costs():
+    module = calibrated_qkv('igq')
+    heads, qkv = module.num_heads, activations(2 * WINDOWS, TOKENS, 3 * CHANNELS, seed=53)
+    with torch.no_grad(), quant_mode(module, 'calibrate'):
+        module(qkv)
+    score_macs = 2 * WINDOWS * TOKENS * TOKENS * CHANNELS  # q @ k^T over all heads
+    assert module.q.op_cost.macs == module.k.op_cost.macs == score_macs
+    assert module.q.op_cost.out_elements == 2 * WINDOWS * heads * TOKENS * TOKENS
+    assert module.v.op_cost.out_elements == 2 * WINDOWS * TOKENS * CHANNELS  # attn @ v

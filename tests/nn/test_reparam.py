@@ -6,7 +6,8 @@ from torch import nn
 from igq_plugin import QuantConfig, calibrate_model, float_run, quantize_model
 from igq_plugin.nn import (QuantState, activation_quantizers, export_state, import_state,
                            post_norm_linears, set_quant_state)
-from igq_plugin.quant import LogSqrt2Quantizer, QuantMode, RepQQuantizer, set_mode
+from igq_plugin.quant import QuantMode, set_mode
+from igq_plugin.quantizers import LogSqrt2Quantizer, RepQQuantizer
 
 from ..toy_models import Attention
 

@@ -11,7 +11,7 @@ import pytest
 
 import igq_plugin.search.allocation as allocation_module
 import igq_plugin.search.bops as bops_module
-from igq_plugin.search import allocation_summary, solve_allocation
+from igq_plugin.search import solve_allocation
 
 CANDIDATES = (1, 2, 4, 8, 12, 16)
 
@@ -36,6 +36,13 @@ def _random_problem(rng, tighter, ties):
     return sens, cost, budget
 
 
+def allocation_summary(assignment, sens, cost):
+    """``(total sensitivity, total cost)`` of an assignment (every layer, a candidate each)."""
+    assert list(assignment) == list(sens)
+    return (math.fsum(sens[n][g] for n, g in assignment.items()),
+            sum(cost[n][g] for n, g in assignment.items()))
+
+
 def _brute_optimum(sens, cost, budget):
     """Reference: best objective over every assignment that fits the budget."""
     names = list(sens)
@@ -53,7 +60,7 @@ def test_matches_brute_force_on_random_problems(chunk):
         rng = random.Random(seed)
         sens, cost, budget = _random_problem(rng, tighter=k % 3 == 1, ties=k % 5 == 4)
         expected = _brute_optimum(sens, cost, budget)
-        for method in ('milp', 'dp', 'brute'):
+        for method in ('milp', 'dp'):
             assignment = solve_allocation(sens, cost, budget, method=method)
             assert list(assignment) == list(sens)
             total_sens, total_cost = allocation_summary(assignment, sens, cost)
@@ -61,7 +68,7 @@ def test_matches_brute_force_on_random_problems(chunk):
             assert abs(total_sens - expected) <= 1e-9, (seed, method, total_sens, expected)
 
 
-@pytest.mark.parametrize('method', ['milp', 'dp', 'brute'])
+@pytest.mark.parametrize('method', ['milp', 'dp'])
 def test_budget_is_exact_for_large_integer_costs(method):
     # ~1e12 BOPs per layer; the better choice of 'b' overshoots the budget by 1 BOP,
     # far below the float resolution of a normalised budget row.
@@ -77,7 +84,7 @@ def test_budget_is_exact_for_large_integer_costs(method):
     assert solve_allocation(sens, cost, budget + 1, method=method)['b'] == 4
 
 
-@pytest.mark.parametrize('method', ['milp', 'dp', 'brute'])
+@pytest.mark.parametrize('method', ['milp', 'dp'])
 def test_one_bop_over_a_large_slack_is_refused(method):
     # Both upgrades together overshoot a 2e12 budget by 1 BOP: a relative 5e-13,
     # inside HiGHS's feasibility tolerance, so the exact re-check must catch it.
@@ -89,7 +96,7 @@ def test_one_bop_over_a_large_slack_is_refused(method):
     assert total == 1.0 and spent <= 2 * big
 
 
-@pytest.mark.parametrize('method', ['milp', 'dp', 'brute'])
+@pytest.mark.parametrize('method', ['milp', 'dp'])
 def test_costs_beyond_int64(method):
     base = 2**70  # partial sums overflow int64: the DP must keep Python ints
     sens = {'a': {1: 2.0, 2: 1.0, 4: 0.0}, 'b': {1: 2.0, 2: 1.5, 4: 0.0}}
@@ -119,7 +126,7 @@ def test_larger_problem_milp_and_dp_agree(method):
     assert total <= math.fsum(s[8] for s in sens.values())
 
 
-@pytest.mark.parametrize('method', ['milp', 'dp', 'brute'])
+@pytest.mark.parametrize('method', ['milp', 'dp'])
 def test_infeasible_budget_names_budget_and_minimum(method):
     sens = {'a': {1: 1.0, 2: 0.5}, 'b': {1: 1.0}}
     cost = {'a': {1: 123_456, 2: 200_000}, 'b': {1: 1000}}
@@ -130,7 +137,7 @@ def test_infeasible_budget_names_budget_and_minimum(method):
 def test_infinite_sensitivity_is_a_forbidden_choice():
     sens = {'a': {1: math.inf, 2: 1.0, 4: 0.0}, 'b': {1: 0.0, 2: math.inf}}
     cost = {'a': {1: 1, 2: 5, 4: 9}, 'b': {1: 1, 2: 1}}
-    for method in ('milp', 'dp', 'brute'):
+    for method in ('milp', 'dp'):
         assert solve_allocation(sens, cost, 10, method=method) == {'a': 4, 'b': 1}
         # cost 1 of a=1 does not count towards the minimum: it is forbidden
         with pytest.raises(ValueError, match='budget 5 .* minimum achievable cost 6'):
@@ -143,7 +150,6 @@ def test_ties_are_deterministic_and_dp_prefers_cheapest():
     sens = {'a': {1: 1.0, 2: 0.0, 4: 0.0}, 'b': {1: 0.0, 2: 0.0}}
     cost = {'a': {1: 1, 2: 2, 4: 3}, 'b': {1: 1, 2: 2}}
     assert solve_allocation(sens, cost, 100, method='dp') == {'a': 2, 'b': 1}
-    assert solve_allocation(sens, cost, 100, method='brute') == {'a': 2, 'b': 1}
     first = solve_allocation(sens, cost, 100, method='milp')
     assert allocation_summary(first, sens, cost)[0] == 0.0
     assert all(solve_allocation(sens, cost, 100, method='milp') == first for _ in range(3))
@@ -152,7 +158,7 @@ def test_ties_are_deterministic_and_dp_prefers_cheapest():
 def test_single_layer_and_zero_slack():
     sens = {'a': {1: 1.0, 2: 0.5, 4: 0.25}}
     cost = {'a': {1: 10, 2: 20, 4: 30}}
-    for method in ('milp', 'dp', 'brute'):
+    for method in ('milp', 'dp'):
         assert solve_allocation(sens, cost, 10, method=method) == {'a': 1}
         assert solve_allocation(sens, cost, 29, method=method) == {'a': 2}
         assert solve_allocation(sens, cost, 10**6, method=method) == {'a': 4}
@@ -190,23 +196,6 @@ def test_invalid_types_and_method():
         solve_allocation(ok_sens, ok_cost, 10.0)
     with pytest.raises(TypeError, match='exact BOPs'):
         solve_allocation(ok_sens, {'a': {1: 1.5}}, 10)
-
-
-def test_brute_refuses_huge_problems():
-    sens = {f'l{i}': {g: 1.0 / g for g in CANDIDATES} for i in range(9)}
-    cost = {f'l{i}': {g: g for g in CANDIDATES} for i in range(9)}
-    with pytest.raises(ValueError, match="'brute' would enumerate 10077696"):
-        solve_allocation(sens, cost, 10**6, method='brute')
-
-
-def test_allocation_summary_checks_assignment():
-    sens = {'a': {1: 0.25, 2: 0.125}, 'b': {1: 0.5}}
-    cost = {'a': {1: 3, 2: 4}, 'b': {1: 5}}
-    assert allocation_summary({'a': 2, 'b': 1}, sens, cost) == (0.625, 9)
-    with pytest.raises(ValueError, match='assignment layers'):
-        allocation_summary({'a': 2}, sens, cost)
-    with pytest.raises(ValueError, match="layer 'a': group count 4"):
-        allocation_summary({'a': 4, 'b': 1}, sens, cost)
 
 
 @pytest.mark.parametrize('module', [allocation_module, bops_module])

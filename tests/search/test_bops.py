@@ -1,8 +1,8 @@
 """Tests of the BOP cost model (igq_plugin/search/bops.py)."""
 import pytest
 
-from igq_plugin.search import (DEFAULT_CANDIDATES, FLOAT_OP_BOPS, LayerCost, budget_bops,
-                               capped_candidates, cost_table, layer_bops)
+from igq_plugin.search import DEFAULT_CANDIDATES, FLOAT_OP_BOPS, LayerCost, layer_bops
+from igq_plugin.search.bops import reference_groups
 
 
 def _linear(**kw):
@@ -94,36 +94,9 @@ def test_exact_for_large_and_numpy_ints():
 
 
 @pytest.mark.parametrize('g_avg', [1, 4, 8, 12, 100])
-def test_budget_is_sum_at_g_avg(g_avg):
-    costs = [_linear(), _softmax(), _linear(name='head', channels=3)]
-
-    def reference(cost):  # channel layers capped at their channels; softmax rows are not
-        return min(g_avg, cost.channels) if cost.kind == 'channel' else g_avg
-
-    expected = sum(layer_bops(c, reference(c)) for c in costs)
-    assert budget_bops(costs, g_avg) == expected
-    assert budget_bops(iter(costs), g_avg, float_op_bops=1) == sum(
-        layer_bops(c, reference(c), 1) for c in costs)
-
-
-def test_budget_errors():
-    with pytest.raises(ValueError, match='empty'):
-        budget_bops([], 8)
-    with pytest.raises(ValueError, match='g_avg must be >= 1, got 0'):
-        budget_bops([_linear()], 0)
-
-
-def test_cost_table_caps_candidates():
-    assert capped_candidates(6) == (1, 2, 4, 6)
-    assert capped_candidates(100) == DEFAULT_CANDIDATES
-    costs = [_linear(), _softmax(), _linear(name='tiny', channels=3)]
-    table = cost_table(costs)
-    assert list(table) == [c.name for c in costs]
-    assert list(table['tiny']) == [1, 2, 3]
-    assert list(table['blocks.0.mlp.fc1']) == [1, 2, 4, 8]
-    assert table['blocks.0.attn.softmax'][16] == layer_bops(costs[1], 16)
-    # the budget at a candidate G_avg is the table's cost of "every layer at G_avg"
-    assert budget_bops(costs, 12) == sum(t[min(12, c.channels)] for c, t in
-                                         zip(costs, table.values()))
-    with pytest.raises(ValueError, match='duplicate'):
-        cost_table([_linear(), _linear()])
+def test_budget_groups_cap_channels_not_rows(g_avg):
+    # the budget "every layer at G_avg": a channel layer cannot have more groups than
+    # channels; softmax rows are counted at run time and are not capped
+    assert reference_groups(_linear(channels=3), g_avg) == min(g_avg, 3)
+    assert reference_groups(_linear(), g_avg) == min(g_avg, _linear().channels)
+    assert reference_groups(_softmax(), g_avg) == g_avg

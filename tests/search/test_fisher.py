@@ -19,7 +19,7 @@ from igq_plugin.search import (DEFAULT_FISHER_FULL_SAMPLES, DEFAULT_FISHER_SAMPL
                                fisher_tables, kl_divergence, mean_kl, quadratic_kl,
                                sampled_log_likelihood, sampled_quadratic_kl, sampled_scores,
                                sensitivity_tables)
-from igq_plugin.search import fisher as fisher_module
+from igq_plugin.search import fisher_estimates as fisher_module
 
 from tests.conftest import vit_like_activations
 from tests.toy_models import TinyViT, toy_images
@@ -403,7 +403,9 @@ def test_an_activation_changed_in_place_is_an_error_not_a_wrong_table():
     batches = [torch.randn(8, 4) for _ in range(2)]
     clone_forward = lambda m, b: m(b.clone())  # noqa: E731
     predictor = ClassifierPredictor(model, batches, clone_forward)
-    calibrate_model(model, batches, clone_forward, predictor=predictor)
+    with pytest.raises(RuntimeError, match="changed in place.*use sensitivity='exact'"):
+        calibrate_model(model, batches, clone_forward, predictor=predictor)  # the default
+    calibrate_model(model, batches, clone_forward, predictor=predictor, sensitivity='exact')
     set_quant_state(model, QuantState.CALIBRATING)
     with pytest.raises(RuntimeError, match='fc.input_quantizer: its input was changed in place'):
         fisher_tables(model, igq_quantizers(model), predictor, samples=1)

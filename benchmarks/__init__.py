@@ -1,0 +1,1 @@
+"""The benchmark of igq-plugin (``benchmarks/benchmark.py``); not part of the package."""
