@@ -4,11 +4,12 @@
 :func:`igq_plugin.mm.calibrate_mm_model` (what ``IGQCalibrationHook`` runs), once per
 sensitivity search of ``--search``:
 
-- ``exact``: the default search, one partial forward per (layer, candidate G), the
-  float activations upstream of each layer reused;
+- ``exact``: ``sensitivity='exact'``, one partial forward per (layer, candidate G),
+  the float activations upstream of each layer reused;
 - ``naive``: the same tables from one full forward per (layer, G) (``reuse_prefix=False``;
   hours at 800x1216 on a CPU);
-- ``fisher``, ``fisher-full``: ``sensitivity='fisher'`` / ``'fisher-full'``.
+- ``fisher`` (the library's default), ``fisher-full``: ``sensitivity='fisher'`` /
+  ``'fisher-full'``.
 
 The phases come from what the public call exposes: wall time around it, its report's
 ``seconds``, and its ``progress=`` argument, a factory that calibration calls when the
