@@ -21,7 +21,7 @@ from mmengine.runner import CheckpointLoader, Runner
 from igq_plugin import CalibrationReport, QuantState, float_run
 from igq_plugin.mm import (IGQCalibrationHook, calibrate_mm_model, quantize_mm_model,
                            take_calibration_batches)
-from igq_plugin.mm.convert import fit_float_checkpoint
+from igq_plugin.mm import fit_float_checkpoint
 from igq_plugin.nn import activation_quantizers, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from igq_plugin import QuantState, float_run
-from igq_plugin.mm.predictors import build_predictor
+from igq_plugin.mm import build_predictor
 from igq_plugin.nn import require_record
 from igq_plugin.search import mean_kl
 

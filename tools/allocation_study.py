@@ -46,13 +46,12 @@ import torch.nn.functional as F
 from igq_demo.evaluation import load_config, prepared_runner
 from igq_demo.tasks import TASKS, task_of
 from igq_plugin.mm import calibrate_mm_model, take_calibration_batches
-from igq_plugin.mm.calibration import predict_forward
-from igq_plugin.mm.predictors import build_predictor
+from igq_plugin.mm import build_predictor, predict_forward
 from igq_plugin.nn import QuantState, float_run, igq_quantizers, set_quant_state
 from igq_plugin.quant import QuantMode, quant_mode, set_mode
 from igq_plugin.search import (FISHER_ESTIMATORS, allocate_groups, check_sensitivity,
                                fisher_tables, kl_divergence, model_costs, sensitivity_tables)
-from igq_plugin.search.bops import reference_groups
+from igq_plugin.search import reference_groups
 
 VARIANTS = ('calib', 'flip', 'augment', 'others', 'context', *FISHER_ESTIMATORS)
 

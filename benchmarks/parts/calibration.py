@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from igq_plugin.mm.predictors import build_predictor
+from igq_plugin.mm import build_predictor
 from igq_plugin.nn import float_run, igq_quantizers
 
 from .common import (FLOAT, Variant, build_variant, calibrate, calibration_batches,

@@ -12,12 +12,14 @@ Use in a config::
     custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
 """
 from .backbone import SUPPORTED_BACKBONES, IGQBackbone
-from .calibration import calibrate_mm_model, log_report, take_calibration_batches
-from .convert import MMQuantSettings, mm_settings, quantize_mm_model
+from .calibration import (calibrate_mm_model, log_report, predict_forward,
+                          take_calibration_batches)
+from .convert import MMQuantSettings, fit_float_checkpoint, mm_settings, quantize_mm_model
 from .hook import IGQCalibrationHook
+from .predictors import build_predictor
 
 __all__ = [
     'SUPPORTED_BACKBONES', 'IGQBackbone', 'calibrate_mm_model', 'log_report',
-    'take_calibration_batches', 'MMQuantSettings', 'mm_settings', 'quantize_mm_model',
-    'IGQCalibrationHook'
+    'predict_forward', 'take_calibration_batches', 'MMQuantSettings', 'fit_float_checkpoint',
+    'mm_settings', 'quantize_mm_model', 'IGQCalibrationHook', 'build_predictor'
 ]
