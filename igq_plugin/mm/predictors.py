@@ -11,7 +11,8 @@ RoI classification branch (or the decode head) run, never the RPN. Both implemen
 :class:`~igq_plugin.search.SensitivityPredictor`: ``predict(layer)`` recomputes only
 what the named layer can change: for a backbone layer the whole feature extractor,
 for a neck layer the neck (on the cached float backbone outputs), for a head layer
-the head (on the cached float neck outputs). Both also implement :class:`~igq_plugin.search.FisherPredictor`: ``log_probs()``
+the head (on the cached float neck outputs). Both also implement
+:class:`~igq_plugin.search.FisherPredictor`: ``log_probs()``
 gives the same distributions' log-probabilities from a full differentiable forward
 (the ``'fisher'`` estimator).
 """

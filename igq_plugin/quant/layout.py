@@ -196,8 +196,8 @@ class ChannelLayout:
         """``(m, M)``: every channel's range on every instance, each ``[I, C]``."""
         return instance_channel_ranges(x, self.channel_dim, num_instances)
 
-    def upper_and_lower(self, x: torch.Tensor, num_instances: int | None
-                        ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def ranges_or_upper_only(self, x: torch.Tensor, num_instances: int | None
+                            ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """As :meth:`ranges`; the lower bounds are never implied (never ``None``)."""
         return self.ranges(x, num_instances)
 
@@ -249,8 +249,8 @@ class SoftmaxRowLayout:
         upper = softmax_row_max(x)
         return torch.zeros_like(upper), upper
 
-    def upper_and_lower(self, x: torch.Tensor, num_instances: int | None
-                        ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def ranges_or_upper_only(self, x: torch.Tensor, num_instances: int | None
+                            ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``(None, M)``: the lower bounds are all 0, so none is built."""
         return None, softmax_row_max(x)
 

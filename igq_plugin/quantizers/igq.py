@@ -226,7 +226,9 @@ class IGQQuantizer(ActivationQuantizer):
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """Group index of every item of ``x``: ``[I, C]`` (channels) or ``[R]`` (rows)."""
-        tables = self.group_tables()
+        return self._assign(x, self.group_tables())
+
+    def _assign(self, x: torch.Tensor, tables: GroupTables) -> torch.Tensor:
         if self.assignment == 'cover':
             return tables.order[self._covering_positions(x, tables)]
         lower, upper = self.item_ranges(x)
@@ -235,7 +237,7 @@ class IGQQuantizer(ActivationQuantizer):
 
     def _covering_positions(self, x: torch.Tensor, tables: GroupTables) -> torch.Tensor:
         """Positions in the cover order of every item's group (``'cover'`` rule)."""
-        lower, upper = self.layout.upper_and_lower(x, self.num_instances)
+        lower, upper = self.layout.ranges_or_upper_only(x, self.num_instances)
         return covering_positions(lower, upper, tables.sorted_lower, tables.sorted_upper)
 
     def item_parameters(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +255,7 @@ class IGQQuantizer(ActivationQuantizer):
             index = self._covering_positions(x, tables)
             scale, zero = tables.sorted_scale, tables.sorted_zero
         else:
-            index = self.assign(x)
+            index = self._assign(x, tables)  # the tables just built, not a second copy
             scale, zero = tables.scale, tables.zero
         flat = index.reshape(-1)  # index_select: a fast gather, unlike advanced indexing
         scale = scale.index_select(0, flat).view(index.shape)

@@ -42,6 +42,6 @@ def test_softmax_rows_have_zero_lower_bounds_and_no_identity():
     lower, upper = layout.ranges(attn, None)
     assert lower.shape == upper.shape == (24,) and not lower.any()
     assert torch.equal(upper, attn.amax(-1).reshape(-1))
-    assert layout.upper_and_lower(attn, None)[0] is None
+    assert layout.ranges_or_upper_only(attn, None)[0] is None
     assert not layout.fixed_items and ChannelLayout().fixed_items
     assert layout.per_channel(torch.tensor([0.5])).dim() == 0
