@@ -14,8 +14,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'igq_plugin'
 
 # Bottom-up: a layer imports only itself and the layers before it. ``api`` is the
 # package root (``igq_plugin/__init__.py``, ``calibration.py``): the job lives there.
-LAYERS = ('quant', 'grouping', 'quantizers', 'nn', 'adapters', 'search', 'report', 'api',
-          'export', 'mm')
+LAYERS = ('quant', 'grouping', 'quantizers', 'nn', 'adapters', 'integer', 'export', 'search',
+          'report', 'api', 'mm')
 MAX_MODULE_LINES = 400
 
 

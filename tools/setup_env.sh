@@ -58,7 +58,7 @@ log "installing $mmcv_wheel"
 "${pip[@]}" addict numpy opencv-python pyyaml yapf
 
 log "project and its dependencies"
-"${pip[@]}" -c "$constraints" -e "$repo[mm,timm,demo,test]"
+"${pip[@]}" -c "$constraints" -e "$repo[mm,timm,export,demo,test]"
 
 # Import check from outside the repo, so no source tree shadows the installed mmcv.
 (cd / && "$venv/bin/python" -c "import mmcv, mmcv.ops, mmdet, mmseg, mmengine, timm; print('mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmseg', mmseg.__version__)")

@@ -17,6 +17,8 @@ from ..search import DEFAULT_SENSITIVITY, check_sensitivity
 from .calibration import calibrate_mm_model, log_report, take_calibration_batches
 from .convert import fit_float_checkpoint, mm_settings, quantize_mm_model
 from .predictors import check_predictable, check_search_rois
+from .quantized_model import (SUFFIX, expect_quantized_file, export_mm_model,
+                              load_into_runner_model, quantized_file_of)
 from .state_io import buffers_fingerprint, fingerprinted_state, load_state, weights_fingerprint
 
 DATALOADERS = ('test', 'val', 'train')
@@ -36,6 +38,9 @@ class IGQCalibrationHook(Hook):
     float tensors; before evaluating it takes ``num_images`` images from a dataloader,
     calibrates, runs the group-size allocation for ``method='igq'``, logs a per-layer
     table, saves the state to the work dir, and checks that evaluation runs quantized.
+    When the checkpoint is a quantized-model file (``tools/test.py CONFIG
+    model.igq.safetensors``, :mod:`.quantized_model`), the hook loads it instead: no
+    float checkpoint and no calibration.
     Under distributed launch rank 0 calibrates and broadcasts the state, so every rank
     holds identical parameters.
 
@@ -46,6 +51,8 @@ class IGQCalibrationHook(Hook):
             runner's config of that dataloader), or a dataloader config dict.
         state_file: load this calibrated state instead of calibrating.
         save_state: write ``igq_state.pth`` to the work dir after calibrating.
+        export: also write the deployable ``model.igq.safetensors`` to the work dir
+            after calibrating (:func:`~.quantized_model.export_mm_model`).
         search_rois: RoIs per calibration image in the allocation's sensitivity
             search (``method='igq'``, two-stage detectors): the float model's
             best-scored proposals. ``None`` (default): all of them, the definition
@@ -54,7 +61,8 @@ class IGQCalibrationHook(Hook):
             (``method='igq'``): ``'fisher'`` (default; a diagonal-Fisher estimate
             from one forward and ``fisher_samples`` backward passes per calibration
             image), ``'exact'`` (one partial forward per layer and candidate G, the
-            method's definition) or ``'fisher-full'`` (the same passes, the sampled full Fisher); see
+            method's definition) or ``'fisher-full'`` (the same passes, the sampled
+            full Fisher); see
             :func:`igq_plugin.calibrate_model`.
         fisher_samples: labels drawn per item for the Fisher estimators; ``None``:
             the estimator's default (4 for ``'fisher'``, 16 for ``'fisher-full'``).
@@ -63,7 +71,7 @@ class IGQCalibrationHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
-                 state_file: str | None = None, save_state: bool = True,
+                 state_file: str | None = None, save_state: bool = True, export: bool = False,
                  search_rois: int | None = None, sensitivity: str = DEFAULT_SENSITIVITY,
                  fisher_samples: int | None = None,
                  **moved):
@@ -90,7 +98,9 @@ class IGQCalibrationHook(Hook):
         self.dataloader = dataloader
         self.state_file = state_file
         self.save_state = save_state
+        self.export = export
         self.report = None
+        self.loaded_file = None  # the *.igq.safetensors loaded as the checkpoint
         self._done = False
 
     @staticmethod
@@ -112,6 +122,7 @@ class IGQCalibrationHook(Hook):
         if settings.config.method == 'igq' and self.state_file is None:
             check_predictable(model, self.search_rois)
         record = quantize_mm_model(model)
+        expect_quantized_file()
         print_log(f'IGQ: {settings.as_dict()}; quantized {len(record.layers)} layers of '
                   f'{", ".join(settings.parts(model))}', logger='current')
 
@@ -122,7 +133,17 @@ class IGQCalibrationHook(Hook):
         calibrated next); they are filled in from the model so that the loader lists
         only real mismatches.
         """
-        print_log(fit_float_checkpoint(self._model(runner), checkpoint), logger='current')
+        quantized = quantized_file_of(checkpoint)
+        if quantized is None:
+            print_log(fit_float_checkpoint(self._model(runner), checkpoint), logger='current')
+            return
+        if self.state_file is not None:
+            raise ValueError(f'IGQCalibrationHook: the checkpoint {quantized.path} is a '
+                             f'quantized model; state_file={self.state_file!r} would replace '
+                             f'its parameters: remove one of them')
+        print_log(load_into_runner_model(self._model(runner), checkpoint, runner.cfg.model),
+                  logger='current')
+        self.loaded_file = quantized.path
 
     def before_val(self, runner) -> None:
         self._prepare(runner, 'val')
@@ -141,7 +162,8 @@ class IGQCalibrationHook(Hook):
     def _prepare(self, runner, evaluating: str) -> None:
         model = self._model(runner)
         if not self._done:
-            self._calibrate_or_load(runner, model, evaluating)
+            if self.loaded_file is None:
+                self._calibrate_or_load(runner, model, evaluating)
             self._check_ranks_agree(model)
             self._done = True
         count = check_quantized(model)
@@ -174,6 +196,11 @@ class IGQCalibrationHook(Hook):
                 path = osp.join(runner.work_dir, 'igq_state.pth')
                 torch.save(state[0], path)
                 print_log(f'IGQ: saved calibrated state to {path}', logger='current')
+            if self.export:
+                path = export_mm_model(model, osp.join(runner.work_dir, 'model' + SUFFIX),
+                                       runner.cfg.model, weights_hash,
+                                       runner.cfg.get('default_scope'))
+                print_log(f'IGQ: exported the quantized model to {path}', logger='current')
         if world_size > 1:
             broadcast_object_list(state, src=0)
             if rank != 0:

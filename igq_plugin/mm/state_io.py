@@ -67,7 +67,7 @@ def _flatten(value: Any, prefix: str = '') -> dict[str, Any]:
     return {prefix: value}
 
 
-def _differences(saved: dict, current: dict, limit: int = 6) -> list[str]:
+def describe_differences(saved: dict, current: dict, limit: int = 6) -> list[str]:
     saved, current = _flatten(saved), _flatten(current)
     # the outermost differences first: a detector's state in a segmentor shows `type`
     keys = sorted((k for k in set(saved) | set(current) if saved.get(k) != current.get(k)),
@@ -117,14 +117,16 @@ def load_state(model: nn.Module, path: str, settings: dict, model_cfg: Any,
     meta = state.get('meta', {})
     saved_settings = meta.get('settings')
     if saved_settings != dict(settings):
+        differences = '; '.join(describe_differences(saved_settings or {}, dict(settings)))
         raise ValueError(f'quantization state {path!r} was calibrated with other settings '
-                         f'({"; ".join(_differences(saved_settings or {}, dict(settings)))}); '
+                         f'({differences}); '
                          f'calibrate again (remove state_file) or use the matching config')
     if meta.get('config_hash') != config_fingerprint(model_cfg):
         saved_cfg = json.loads(meta['model_config']) if meta.get('model_config') else {}
         current = json.loads(config_json(model_cfg))
+        differences = '; '.join(describe_differences(saved_cfg, current))
         raise ValueError(f'quantization state {path!r} was calibrated for another model '
-                         f'config ({"; ".join(_differences(saved_cfg, current))}); calibrate '
+                         f'config ({differences}); calibrate '
                          f'again (remove state_file) or use the matching config')
     if meta.get('weights_hash') != weights_hash:
         raise ValueError(f'quantization state {path!r} was calibrated on other weights '

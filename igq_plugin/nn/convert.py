@@ -250,7 +250,9 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[s
         _fix_input_range(model, first_layers, config, input_range)
     _warn_float_attention(model, config)
     record = QuantizationRecord(config=config, layers=converted, first_layers=first_layers,
-                                folds={k: v for k, v in folds.items() if k in converted})
+                                folds={k: v for k, v in folds.items() if k in converted},
+                                include=tuple(include), exclude=tuple(exclude),
+                                instance_roots=tuple(instance_roots))
     setattr(model, RECORD_ATTRIBUTE, record)
     for name in instance_roots:
         modules[name].register_forward_pre_hook(ForwardGuard(record, model))

@@ -51,6 +51,11 @@ class QuantizationRecord:
             per-channel scales ``method='repq'`` folds into the weights
             (:mod:`.reparam`).
         fold_originals: the float parameters an applied fold replaced, by name.
+        include, exclude, instance_roots: the parts converted, those left in float and
+            the modules that receive whole images (``quantize_model``'s arguments, so
+            that a saved model can be converted again the same way).
+        provenance: what a loaded quantized-model file said of where its parameters
+            come from (:func:`igq_plugin.load_quantized`); written again on export.
     """
 
     config: object
@@ -60,6 +65,10 @@ class QuantizationRecord:
     float_runs: int = 0
     folds: dict[str, str] = field(default_factory=dict)
     fold_originals: dict = field(default_factory=dict)
+    include: tuple[str, ...] = ('',)
+    exclude: tuple[str, ...] = ()
+    instance_roots: tuple[str, ...] = ('',)
+    provenance: dict = field(default_factory=dict)
 
 
 def quantization_record(model: nn.Module) -> QuantizationRecord | None:
