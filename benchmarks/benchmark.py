@@ -13,7 +13,11 @@ look like natural images. Parts (``--parts``, default all), one module each in
 - ``calibration``: seconds of calibration + group-size allocation (``method='igq'``,
   G_avg 8, 1 image at ``--calib-image-size``) by phase, per sensitivity search;
 - ``memory``: peak resident memory (and CUDA peak allocation) of float vs igq-fixed
-  (G=8) evaluation, one fresh child process per run.
+  (G=8) evaluation, one fresh child process per run;
+- ``integer``: backbone+neck seconds of float vs fake-quant vs the integer executor
+  (``igq_plugin.integer``), and single layers' seconds and float64-reference errors;
+- ``onnx``: backbone+neck seconds in onnxruntime of the exported igq W4/A4 graph
+  against the fp32 graph of the same model (``igq_plugin.export.export_onnx``).
 
 Writes ``<out>/<part>.json`` and ``<out>/<part>.md`` for every part that ran (``--out``,
 default ``work_dirs/benchmark/``) and prints the markdown; each file records the
@@ -46,7 +50,7 @@ from benchmarks.parts import common  # noqa: E402
 from benchmarks.parts.calibration import SEARCHES  # noqa: E402
 from benchmarks.parts.memory import MALLOC_VARIABLES  # noqa: E402
 
-PARTS = ('inference', 'quantizers', 'calibration', 'memory')
+PARTS = ('inference', 'quantizers', 'calibration', 'memory', 'integer', 'onnx')
 
 
 # -- arguments ---------------------------------------------------------------------------

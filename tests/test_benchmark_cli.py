@@ -45,7 +45,8 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
 
 def test_defaults():
     args = bench.parse_args([])
-    assert args.parts == bench.PARTS == ('inference', 'quantizers', 'calibration', 'memory')
+    assert args.parts == bench.PARTS == ('inference', 'quantizers', 'calibration', 'memory',
+                                              'integer', 'onnx')
     assert args.image_size == (800, 1216) and args.calib_image_size == (256, 384)
     assert args.images == 3 and args.search == ['exact', 'fisher']
     assert args.out == 'work_dirs/benchmark'

@@ -18,8 +18,18 @@ from ..nn.attention import AttentionAdapter, quantizers_active
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape
-                      and a.stride() == b.stride())
+    """Whether ``a`` and ``b`` are views of the same values (mmcv passes ``query``,
+    ``key`` and ``value`` of self-attention as three transposed views)."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.stride() != b.stride():
+        return False
+    try:
+        return a.data_ptr() == b.data_ptr()
+    except RuntimeError:
+        # a tensor traced by torch.export (ONNX export) has no storage to compare: the
+        # same views of one tensor are taken for self-attention, as in the eager runs
+        return True
 
 
 class QuantMultiheadAttention(WeightQuantizedLayer):

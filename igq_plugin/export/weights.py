@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant.primitives import dequantize, quantize
+from ..integer import weight_codes
+from ..quant.primitives import dequantize
 from ..quantizers import WeightQuantizer
 from .packing import pack_codes, unpack_codes
 
@@ -56,7 +57,7 @@ def weight_entry(weight: torch.Tensor, quantizer: WeightQuantizer,
     rows = weight.reshape(weight.shape[0], -1)
     scale = quantizer.scale.detach().float().cpu()
     zero = quantizer.zero_point.detach().float().cpu()
-    codes = quantize(rows, scale[:, None], zero[:, None], quantizer.bits)
+    codes = weight_codes(rows, scale, zero, quantizer.bits)
     return dict(packed=pack_codes(codes, quantizer.bits), scale=scale.clone(),
                 zero_point=zero.to(torch.uint8),
                 shape=torch.tensor(weight.shape, dtype=torch.int64))

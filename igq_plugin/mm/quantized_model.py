@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -121,10 +122,11 @@ def load_mm_quantized(path: str, model_cfg: Any = None) -> nn.Module:
         init_default_scope(meta['default_scope'])
     if model_cfg is None:  # a ConfigDict, as mm models expect (attribute access)
         model_cfg = Config(dict(model=json.loads(meta['model_config']))).model
-    cfg = model_cfg
-    model = MODELS.build(cfg).eval()
+    # mm detectors write their train / test settings into the config they are built
+    # from: the file is checked against the config as given
+    model = MODELS.build(copy.deepcopy(model_cfg)).eval()
     quantize_mm_model(model)
-    check_mm_file(quantized, model, cfg)
+    check_mm_file(quantized, model, model_cfg)
     return load_quantized(model, quantized)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..export import SUFFIX as QUANTIZED_SUFFIX
 from ..nn import STATE_FORMAT, export_state, import_state, quantizer_buffers
 
 
@@ -87,6 +88,10 @@ def read_state(path: str) -> dict:
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'quantization state file {path!r} does not exist')
+    if path.endswith(QUANTIZED_SUFFIX):
+        raise ValueError(f'{path!r} is a quantized model, not a calibrated state: pass it as '
+                         f'the checkpoint (tools/test.py CONFIG {osp.basename(path)}) and '
+                         f'remove state_file')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises pickle, zip and runtime errors alike

@@ -130,6 +130,15 @@ def test_state_file_and_quantized_checkpoint_conflict(exported, tmp_path):
         hook.after_load_checkpoint(runner, CheckpointLoader.load_checkpoint(path))
 
 
+def test_quantized_file_given_as_state_file_is_refused(exported, tmp_path):
+    _, _, path = exported
+    runner = fake_runner(tmp_path)
+    hook = IGQCalibrationHook(state_file=path)
+    hook.before_run(runner)
+    with pytest.raises(ValueError, match='a quantized model, not a calibrated state'):
+        hook.before_test(runner)
+
+
 def test_loader_refuses_a_run_without_the_hook(exported, monkeypatch):
     _, _, path = exported
     import igq_plugin.mm.quantized_model as quantized_model

@@ -1,0 +1,32 @@
+"""Deployment end to end on the demo models (slow): export, delete the float checkpoint,
+evaluate with the stock tools/test.py, compare with the fake-quant evaluation."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def deploy_tool():
+    spec = importlib.util.spec_from_file_location('deploy_demo',
+                                                  osp.join(REPO, 'tools', 'deploy_demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('model', ['mask-rcnn', 'upernet-vit'])
+def test_exported_file_evaluates_like_the_fake_quant_model(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    tool = deploy_tool()
+    assert tool.main(['--models', model, '--bits', '4', '--out', str(tmp_path)]) == 0
+
+    (result,) = json.load(open(tmp_path / 'deploy.json'))
+    # the same quantized model evaluated twice: metrics agree to the metric's rounding
+    for metric, value in result['fake_quant'].items():
+        assert result['deployed'][metric] == pytest.approx(value, abs=1e-4), metric
+    assert not (tmp_path / f'{model}_w4a4' / 'float.pth').exists()
+    assert result['sizes']['backbone_neck_ratio'] <= 0.3

@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""The deployed executors against the fake-quant model, on the demo models.
+
+For each demo model: convert it as the quantized config says, load the float weights and
+calibrate on the first val image as ``IGQCalibrationHook`` does. Then:
+
+1. **Per layer, on the same inputs** (``--layer-images`` val images): every quantized
+   Linear / Conv2d of the fake-quant model records its input; the integer layer built
+   from it (:class:`~igq_plugin.integer.IntegerLinear` / ``IntegerConv2d``) runs on that
+   input. Its codes must dequantize to the fake-quant input bit for bit (same codes, same
+   groups) and its output must be within ``--layer-tolerance`` (max |a - b| / max |b|)
+   of the fake-quant layer's. Exit status 1 otherwise.
+2. **Whole model** on the val split: the fake-quant model (float32), the same model with
+   its quantized parts (backbone, neck) evaluated in float64, which changes nothing but
+   rounding, the ONNX graph of the backbone + neck in onnxruntime (``--onnx``; exported
+   at the val images' fixed size, the heads in PyTorch) and the integer executor
+   (:func:`igq_plugin.integer.to_integer_model`). The float64 twin shows how far
+   rounding alone moves the metrics of this model.
+
+    python tools/executor_check.py --model mask-rcnn upernet-vit --onnx
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from igq_demo.evaluation import load_config, prepared_runner
+from igq_demo.tasks import TASKS
+from igq_plugin.integer import (IntegerConv2d, IntegerLinear, activation_codes,
+                                dequantize_codes, to_integer_model)
+from igq_plugin.nn import QuantConv2d, QuantLinear
+from igq_plugin.mm import calibrate_mm_model, take_calibration_batches
+
+# the default backbone-neck protocol: the quantized configs as they are
+MODELS = {name: (task, model) for task in TASKS.values() for name, model in task.models.items()}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', nargs='+', choices=sorted(MODELS), default=['mask-rcnn'])
+    parser.add_argument('--data', default=None, help='data root (default: the task\'s)')
+    parser.add_argument('--layer-images', type=int, default=2,
+                        help='val images of the per-layer check (after the calibration image)')
+    parser.add_argument('--layer-tolerance', type=float, default=1e-5,
+                        help='largest max|integer - fake-quant| / max|fake-quant| per layer')
+    parser.add_argument('--onnx', action='store_true',
+                        help='also evaluate the backbone + neck exported to ONNX')
+    parser.add_argument('--out', default='work_dirs/executor_check')
+    return parser.parse_args(argv)
+
+
+def evaluate(runner) -> tuple[dict, float]:
+    start = time.perf_counter()
+    metrics = runner.test()
+    return {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start
+
+
+def layer_inputs(model, batches) -> dict[str, list]:
+    """``{layer: [(input, num_instances)]}`` of every quantized Linear / Conv2d."""
+    captured, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantLinear, QuantConv2d)):
+            hooks.append(module.register_forward_pre_hook(
+                lambda mod, args, name=name: captured.setdefault(name, []).append(
+                    (args[0].detach().clone(), mod.input_quantizer.num_instances))))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(**batch, mode='predict')
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def per_layer_check(model, batches) -> dict[str, dict]:
+    """Codes and outputs of every integer layer against its fake-quant layer."""
+    rows = {}
+    for name, inputs in layer_inputs(model, batches).items():
+        layer = model.get_submodule(name)
+        integer = (IntegerLinear if isinstance(layer, QuantLinear) else IntegerConv2d
+                   ).from_quantized(layer)
+        integer.output_quantizer = None  # Q/K/V: compare the layer's own output
+        quantizer, worst, same_codes = layer.input_quantizer, 0.0, True
+        with torch.no_grad():
+            for x, instances in inputs:
+                quantizer.num_instances = instances
+                x_hat = quantizer(x)
+                same_codes &= torch.equal(dequantize_codes(activation_codes(quantizer, x),
+                                                           instances), x_hat)
+                if isinstance(layer, QuantLinear):
+                    expected = F.linear(x_hat, layer.weight_quantizer(layer.weight), layer.bias)
+                else:
+                    expected = layer._conv_forward(x_hat, layer.weight_quantizer(layer.weight),
+                                                   layer.bias)
+                error = (integer(x) - expected).abs().max() / expected.abs().max()
+                worst = max(worst, float(error))
+        rows[name] = dict(max_relative_error=worst, same_codes=bool(same_codes),
+                          backend=integer.backend)
+    return rows
+
+
+@contextlib.contextmanager
+def quantized_parts_in_float64(model):
+    """Backbone and neck in float64, their input and output cast (rounding changes only)."""
+    parts = [m for m in (model.backbone, getattr(model, 'neck', None)) if m is not None]
+    extract = model.extract_feat
+    for part in parts:
+        part.double()
+    model.extract_feat = lambda x: tuple(f.float() for f in extract(x.double()))
+    try:
+        yield model
+    finally:
+        del model.extract_feat
+        for part in parts:
+            part.float()
+
+
+@contextlib.contextmanager
+def features_from_onnx(model, path: str, images: torch.Tensor):
+    """``model.extract_feat`` replaced by the backbone + neck exported to ``path`` and run
+    in onnxruntime (one thread); the graph's input shape is that of ``images``."""
+    from igq_plugin.export import onnx_session, run_onnx
+    from igq_plugin.mm.onnx_export import export_mm_features
+    export = export_mm_features(model, images, path)
+    session = onnx_session(export.path, threads=1)
+
+    def extract_feat(inputs):  # one image at a time: the graph's batch is one image
+        levels = []
+        for image in inputs.split(1):
+            if tuple(image.shape) != tuple(images.shape):
+                raise ValueError(f'the ONNX graph was exported for inputs '
+                                 f'{tuple(images.shape)}; got {tuple(image.shape)}')
+            outputs = run_onnx(export, (image,), session=session)
+            levels.append([torch.from_numpy(outputs[name]) for name in export.output_names])
+        return tuple(torch.cat(level) for level in zip(*levels))
+
+    model.extract_feat = extract_feat
+    try:
+        yield model
+    finally:
+        del model.extract_feat
+
+
+def check_model(name: str, data: str | None, out: str, layer_images: int,
+                with_onnx: bool) -> dict:
+    task, model = MODELS[name]
+    root = (data or task.default_data).rstrip('/') + '/'
+    options = dict(task.data_options(root), log_level='WARNING',
+                   **{'test_dataloader.num_workers': 0,
+                      'test_dataloader.persistent_workers': False})
+    cfg = load_config(model.quant_config, options)
+    runner = prepared_runner(cfg, model.checkpoint, osp.join(out, name))
+    batches = take_calibration_batches(runner.test_dataloader, 1 + layer_images, runner.model)
+    calibrate_mm_model(runner.model, batches[:1], progress=None)
+    layers = per_layer_check(runner.model, batches[1:])
+    fake, fake_seconds = evaluate(runner)
+    with quantized_parts_in_float64(runner.model):
+        fake64, _ = evaluate(runner)
+    onnx_metrics = {}
+    if with_onnx:
+        with features_from_onnx(runner.model, osp.join(out, name, 'features.onnx'),
+                                batches[0]['inputs']):
+            onnx_metrics, _ = evaluate(runner)
+    record = to_integer_model(runner.model)
+    integer, integer_seconds = evaluate(runner)
+    scale = task.metric_range[1]
+    rows = {}
+    for label, key in task.metrics.items():
+        rows[label] = dict(fake_quant=fake[key], fake_quant_float64=fake64[key],
+                           integer=integer[key], onnx=onnx_metrics.get(key),
+                           integer_diff_unit=abs(integer[key] - fake[key]) / scale,
+                           float64_diff_unit=abs(fake64[key] - fake[key]) / scale)
+    return dict(model=name, metrics=rows, layers=record.counts(), per_layer=layers,
+                fake_quant_seconds=fake_seconds, integer_seconds=integer_seconds)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    os.makedirs(args.out, exist_ok=True)
+    results, failed = [], False
+    for name in args.model:
+        result = check_model(name, args.data, args.out, args.layer_images, args.onnx)
+        results.append(result)
+        layers = result['per_layer']
+        worst = max(row['max_relative_error'] for row in layers.values())
+        codes = sum(row['same_codes'] for row in layers.values())
+        failed |= worst > args.layer_tolerance or codes < len(layers)
+        print(f'{name} per layer: {codes}/{len(layers)} layers with identical codes and '
+              f'groups; largest output error {worst:.2e} (tolerance {args.layer_tolerance})',
+              flush=True)
+        for label, row in result['metrics'].items():
+            onnx = '' if row['onnx'] is None else f', ONNX {row["onnx"]:.4f}'
+            print(f'{name} {label}: fake-quant {row["fake_quant"]:.4f}, its float64 twin '
+                  f'{row["fake_quant_float64"]:.4f}, integer {row["integer"]:.4f}{onnx}',
+                  flush=True)
+        print(f'{name} layers {result["layers"]}; eval s fake-quant '
+              f'{result["fake_quant_seconds"]:.1f}, integer {result["integer_seconds"]:.1f}',
+              flush=True)
+    with open(osp.join(args.out, 'results.json'), 'w') as f:
+        json.dump(dict(command=' '.join(sys.argv), results=results), f, indent=2)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
