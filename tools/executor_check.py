@@ -151,6 +151,13 @@ def features_from_onnx(model, path: str, images: torch.Tensor):
         del model.extract_feat
 
 
+def extracted(model, batches) -> list[torch.Tensor]:
+    """The feature maps (every level, every image) of ``model.extract_feat``."""
+    with torch.no_grad():
+        return [level.double() for batch in batches
+                for level in model.extract_feat(batch['inputs'])]
+
+
 def check_model(name: str, data: str | None, out: str, layer_images: int,
                 with_onnx: bool) -> dict:
     task, model = MODELS[name]
@@ -163,16 +170,23 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
     batches = take_calibration_batches(runner.test_dataloader, 1 + layer_images, runner.model)
     calibrate_mm_model(runner.model, batches[:1], progress=None)
     layers = per_layer_check(runner.model, batches[1:])
+    features = {'fake-quant': extracted(runner.model, batches[1:])}
     fake, fake_seconds = evaluate(runner)
     with quantized_parts_in_float64(runner.model):
+        features['float64 twin'] = extracted(runner.model, batches[1:])
         fake64, _ = evaluate(runner)
     onnx_metrics = {}
     if with_onnx:
         with features_from_onnx(runner.model, osp.join(out, name, 'features.onnx'),
                                 batches[0]['inputs']):
+            features['ONNX'] = extracted(runner.model, batches[1:])
             onnx_metrics, _ = evaluate(runner)
     record = to_integer_model(runner.model)
+    features['integer'] = extracted(runner.model, batches[1:])
     integer, integer_seconds = evaluate(runner)
+    reference = features.pop('fake-quant')
+    differences = {label: max(float((a - b).norm() / b.norm()) for a, b in zip(levels, reference))
+                   for label, levels in features.items()}
     scale = task.metric_range[1]
     rows = {}
     for label, key in task.metrics.items():
@@ -181,7 +195,8 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
                            integer_diff_unit=abs(integer[key] - fake[key]) / scale,
                            float64_diff_unit=abs(fake64[key] - fake[key]) / scale)
     return dict(model=name, metrics=rows, layers=record.counts(), per_layer=layers,
-                fake_quant_seconds=fake_seconds, integer_seconds=integer_seconds)
+                feature_differences=differences, fake_quant_seconds=fake_seconds,
+                integer_seconds=integer_seconds)
 
 
 def main(argv=None) -> int:
@@ -204,6 +219,9 @@ def main(argv=None) -> int:
             print(f'{name} {label}: fake-quant {row["fake_quant"]:.4f}, its float64 twin '
                   f'{row["fake_quant_float64"]:.4f}, integer {row["integer"]:.4f}{onnx}',
                   flush=True)
+        print(f'{name} features, largest ||a - b|| / ||b|| against fake-quant over levels '
+              f'and images: ' + ', '.join(f'{k} {v:.3g}' for k, v in
+                                          result['feature_differences'].items()), flush=True)
         print(f'{name} layers {result["layers"]}; eval s fake-quant '
               f'{result["fake_quant_seconds"]:.1f}, integer {result["integer_seconds"]:.1f}',
               flush=True)
