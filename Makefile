@@ -3,6 +3,7 @@ PYTHON := .venv/bin/python
 TASK ?= det
 DETECTOR ?= mask-rcnn
 PROTOCOL ?= backbone-neck
+VARIANT ?= plain
 MMDET_TOOLS = $(shell $(PYTHON) -c "import mmdet, os; print(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'tools'))")
 DEMO_CONFIGS := configs/demo
 DATA := data/synthetic_coco
@@ -20,9 +21,9 @@ test-slow: setup
 
 # make demo: the detection demo (DETECTOR=mask-rcnn or cascade; PROTOCOL=full also
 # quantizes the RPN and RoI heads); make demo TASK=seg: the segmentation demo (both
-# UperNet models).
+# UperNet models); VARIANT=pretrained-like: the models' channel-outlier stress variant.
 demo: setup
-	$(PYTHON) tools/demo.py --task $(TASK) $(if $(filter det,$(TASK)),--model $(DETECTOR) --protocol $(PROTOCOL))
+	$(PYTHON) tools/demo.py --task $(TASK) --variant $(VARIANT) $(if $(filter det,$(TASK)),--model $(DETECTOR) --protocol $(PROTOCOL))
 
 # Speed, calibration cost and memory of quantized vs float Mask R-CNN Swin-T (README,
 # "Performance"): one <part>.json + <part>.md per part in work_dirs/benchmark/.

@@ -17,9 +17,14 @@ from igq_plugin.quantizers import METHODS
 from igq_plugin.report import format_table
 
 from .evaluation import allocation_of, channel_range_statistics, load_config, run_test
+from .pretrained_like import OutlierProfile, write_variant_checkpoint
 from .plots import plot_channel_ranges, plot_groups_per_layer, plot_metrics_by_method
 from .tasks import TASKS, DemoTask
 
+
+# The float models the demo quantizes: the demo models as trained, or their
+# pretrained-like stress variant (channel outliers, same function; .pretrained_like).
+VARIANTS = ('plain', 'pretrained-like')
 
 # What is quantized (detection): the project's default, and the protocol of the
 # detection peers' published code (every Conv2d / Linear of the detector).
@@ -45,6 +50,7 @@ class DemoSettings:
     fidelity_images: int = 16  # val images after the calibration images
     variation_images: int = 8
     protocol: str = 'backbone-neck'
+    variant: str = 'plain'
     extra: dict = field(default_factory=dict)
 
     @property
@@ -70,6 +76,8 @@ class DemoSettings:
         if self.model_name not in self.spec.models:
             raise ValueError(f'model={self.model!r} is not a {self.task} demo model: allowed '
                              f'are {sorted(self.spec.models)}')
+        if self.variant not in VARIANTS:
+            raise ValueError(f'variant={self.variant!r}: allowed are {VARIANTS}')
         if self.protocol not in PROTOCOLS:
             raise ValueError(f'protocol={self.protocol!r}: allowed are {sorted(PROTOCOLS)}')
         if self.protocol != 'backbone-neck' and self.task != 'det':
@@ -115,12 +123,35 @@ def _record(task: DemoTask, method, w_bits, a_bits, g_avg, result, gbops) -> dic
 def output_dir(settings: DemoSettings) -> str:
     """``out`` for the detection demo's first model, ``out/<task or model>`` otherwise;
     ``/full`` appended for the full-detector protocol."""
+    root = settings.out if settings.variant == 'plain' else osp.join(settings.out,
+                                                                      settings.variant)
     if settings.task == 'det':
-        out = settings.out if settings.model_name == 'mask-rcnn' else osp.join(
-            settings.out, settings.model_name)
+        out = root if settings.model_name == 'mask-rcnn' else osp.join(root,
+                                                                        settings.model_name)
         return out if settings.protocol == 'backbone-neck' else osp.join(out,
                                                                           settings.protocol)
-    return osp.join(settings.out, settings.task, settings.model_name)
+    return osp.join(root, settings.task, settings.model_name)
+
+
+def variant_checkpoint(settings: DemoSettings) -> str:
+    """The float checkpoint of ``settings.variant``: the demo model itself, or its
+    pretrained-like variant (made once, kept in ``<out>/variants/``)."""
+    checkpoint = settings.checkpoint_path
+    if settings.variant == 'plain':
+        return checkpoint
+    path = osp.join(settings.out, 'variants', f'{settings.model_name}_{settings.variant}.pth')
+    if not osp.isfile(path) or osp.getmtime(path) < osp.getmtime(checkpoint):
+        from mmengine.registry import MODELS, init_default_scope
+        from mmengine.runner import CheckpointLoader
+        cfg = load_config(settings.spec.models[settings.model_name].float_config)
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
+        model = MODELS.build(cfg.model).eval()
+        state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        model.load_state_dict(state.get('state_dict', state))
+        write_variant_checkpoint(model, path, OutlierProfile(), osp.basename(checkpoint))
+        print_log(f'wrote the pretrained-like variant of {checkpoint} to {path}',
+                  logger='current')
+    return path
 
 
 def run_demo(settings: DemoSettings) -> list[dict]:
@@ -133,7 +164,7 @@ def run_demo(settings: DemoSettings) -> list[dict]:
         raise ValueError(f'{data} has {task.count_val(data)} val images; calib_images + '
                          f'fidelity_images = {needed} are needed')
     model = task.models[settings.model_name]
-    checkpoint = settings.checkpoint_path
+    checkpoint = variant_checkpoint(settings)
     out = output_dir(settings)
     os.makedirs(out, exist_ok=True)
     # test images loaded in this process: shutting down a Runner's persistent loader

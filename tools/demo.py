@@ -10,11 +10,12 @@ mIoU / aAcc); prints a table and writes results.json, results.md and PNG plots t
     python tools/demo.py --task det --model mask-rcnn      # or cascade
     python tools/demo.py --protocol full                   # also RPN and RoI heads
     python tools/demo.py --task seg                        # both UperNet models
+    python tools/demo.py --variant pretrained-like         # the channel-outlier variant
 """
 import argparse
 import sys
 
-from igq_demo.demo import PROTOCOLS, DemoSettings, run_demo
+from igq_demo.demo import PROTOCOLS, VARIANTS, DemoSettings, run_demo
 from igq_demo.tasks import TASKS
 from igq_plugin.quantizers import METHODS
 
@@ -40,6 +41,11 @@ def parse_args(argv=None) -> list[DemoSettings]:
                         help='detection: what is quantized, backbone and neck (default) or '
                              'the full detector (also RPN and RoI heads, as the peers\' '
                              'published code); output in --out/full')
+    parser.add_argument('--variant', default='plain', choices=VARIANTS,
+                        help='the demo models as trained (plain) or their pretrained-like '
+                             'stress variant: a few post-LayerNorm channels 10-100x the '
+                             'median range, same float function (tools/make_pretrained_like.py);'
+                             ' output in --out/pretrained-like')
     parser.add_argument('--fidelity-images', type=int, default=16,
                         help='val images (after the calibration images) of the kl / feat_err '
                              'columns')
@@ -54,7 +60,8 @@ def parse_args(argv=None) -> list[DemoSettings]:
     return [DemoSettings(task=args.task, model=name, checkpoint=args.checkpoint, data=args.data,
                          out=args.out, methods=tuple(args.methods), bits=tuple(args.bits),
                          g_avg=args.g_avg, calib_images=args.calib_images,
-                         fidelity_images=args.fidelity_images, protocol=args.protocol)
+                         fidelity_images=args.fidelity_images, protocol=args.protocol,
+                         variant=args.variant)
             for name in names]
 
 
