@@ -72,14 +72,14 @@ def backbone_outputs(model, images) -> list[torch.Tensor]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
-        if not osp.isfile(path):
-            print(f'error: {what} {path!r} does not exist', file=sys.stderr)
-            return 2
+    missing = [f'{what} {path!r} does not exist' for what, path in
+               (('config', args.config), ('checkpoint', args.checkpoint)) if not osp.isfile(path)]
     try:
         profile = OutlierProfile(args.fraction, args.low, args.high, args.sigma, args.seed)
     except ValueError as error:
-        print(f'error: {error}', file=sys.stderr)
+        missing.append(str(error))
+    if missing:  # every bad argument at once, before any model is built
+        print('error: ' + '; '.join(missing), file=sys.stderr)
         return 2
     cfg = Config.fromfile(args.config)
     model = build_float_model(cfg, args.checkpoint)
