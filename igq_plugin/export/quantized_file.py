@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 from torch import nn
 
@@ -155,10 +155,8 @@ def read_header(path: str) -> dict[str, Any]:
 def read_quantized(path: str) -> QuantizedFile:
     """Read and check a whole file (header, then tensors and their hash)."""
     header = read_header(path)
-    with open(path, 'rb') as handle:
-        data = handle.read()
-    try:
-        tensors = load_bytes(data)
+    try:  # memory-mapped: no second copy of the file's bytes
+        tensors = load_file(path)
     except (SafetensorError, ValueError) as error:
         _refuse_unreadable(path, error)
     if content_hash(tensors) != header.get('content_sha256'):
