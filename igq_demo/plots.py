@@ -19,17 +19,26 @@ def value_limits(values: Sequence[float], value_range: tuple[float, float],
 
 
 def plot_metrics_by_method(records: Sequence[Mapping], metrics: Sequence[str],
-                           value_range: tuple[float, float], path: str, title: str) -> str:
+                           value_range: tuple[float, float], path: str, title: str,
+                           zoom: float = 0.15) -> str:
     """Grouped bars of each metric per method, one bar per bit-width, labelled with
-    their values; the value axis frames the values (not the metric's whole range).
+    their values, with error bars of ``<metric>_std`` (the spread over calibration
+    draws) where records have it; the float value is a dashed line. The value axis
+    frames the float value and the bars within ``zoom`` of the metric's range below it
+    (not the metric's whole range), so that the differences between the competitive
+    methods show; a bar further down is cut at the axis and labelled with its value
+    and a down arrow.
 
     Args:
-        records: result records with ``method``, ``w_bits``, ``a_bits`` and the
-            ``metrics`` (float records have ``w_bits == 32``).
+        records: result records with ``method``, ``w_bits``, ``a_bits``, the
+            ``metrics`` and optionally ``<metric>_std`` (float records have
+            ``w_bits == 32``).
         metrics: the metric columns, one panel each.
         value_range: the metrics' range (e.g. ``(0, 1)`` for mAP, ``(0, 100)`` for mIoU).
         path: output PNG.
         title: the figure's title.
+        zoom: the framed span below the float value (or the best bar), as a fraction
+            of ``value_range``.
     """
     methods = list(dict.fromkeys(r['method'] for r in records))
     settings = sorted({(r['w_bits'], r['a_bits']) for r in records if r['method'] != 'float'})
@@ -39,25 +48,34 @@ def plot_metrics_by_method(records: Sequence[Mapping], metrics: Sequence[str],
                                                        * len(metrics), 4.6), squeeze=False)
     width = 0.8 / max(1, len(settings))
     for ax, metric in zip(axes[0], metrics):
-        shown = []
+        series = []
         for k, (w_bits, a_bits) in enumerate(settings):
-            values = [next((r[metric] for r in records if r['method'] == m
-                            and (r['w_bits'], r['a_bits']) == (w_bits, a_bits)), None)
-                      for m in quant_methods]
+            found = [next((r for r in records if r['method'] == m
+                           and (r['w_bits'], r['a_bits']) == (w_bits, a_bits)), None)
+                     for m in quant_methods]
             xs = [i + (k - (len(settings) - 1) / 2) * width for i in range(len(quant_methods))]
-            present = [(x, v) for x, v in zip(xs, values) if v is not None]
-            bars = ax.bar([x for x, _ in present], [v for _, v in present], width,
-                          label=f'W{w_bits}/A{a_bits}')
-            ax.bar_label(bars, fmt='%.3g', fontsize=7, padding=1)
-            shown += [v for _, v in present]
+            series.append((f'W{w_bits}/A{a_bits}', [(x, r[metric], r.get(f'{metric}_std') or 0.0)
+                                                    for x, r in zip(xs, found) if r is not None]))
+        values = [v for _, present in series for _, v, _ in present]
+        top = float_record[metric] if float_record is not None else max(values, default=0.0)
+        floor = top - zoom * (value_range[1] - value_range[0])
+        shown = [v + sign * e for _, present in series for _, v, e in present
+                 if v >= floor for sign in (-1, 1)] + [top]
+        low, high = value_limits(shown, value_range)
+        for label, present in series:
+            ax.bar([x for x, _, _ in present], [v for _, v, _ in present], width,
+                   yerr=[e for _, _, e in present], capsize=3, error_kw=dict(elinewidth=1),
+                   label=label)
+            for x, v, _ in present:
+                cut = v < low
+                ax.text(x, low if cut else min(v, high), f'{v:.3g}' + (' ↓' if cut else ''),
+                        ha='center', va='bottom', fontsize=7, rotation=90 if cut else 0)
         if float_record is not None:
             ax.axhline(float_record[metric], color='k', linestyle='--',
                        label=f'float {float_record[metric]:.3g}')
-            shown.append(float_record[metric])
         ax.set_xticks(range(len(quant_methods)), quant_methods, rotation=20, ha='right')
         ax.set_ylabel(metric)
-        if shown:
-            ax.set_ylim(*value_limits(shown, value_range))
+        ax.set_ylim(low, high)
         ax.legend(fontsize=8, loc='best', framealpha=0.85)
         ax.grid(axis='y', alpha=0.3)
     fig.suptitle(title)
@@ -123,3 +141,34 @@ def plot_channel_ranges(stats: Mapping[str, Mapping[str, float]], path: str,
 def _short(name: str) -> str:
     return (name.replace('backbone.', '').replace('stages.', 's').replace('blocks.', 'b')
             .replace('.attn.w_msa', '').replace('_quantizer', '').replace('.ffn.layers', '.ffn'))
+
+
+def plot_metric_by_count(rows: Sequence[Mapping], metric: str, value_range: tuple[float, float],
+                         path: str, title: str) -> str:
+    """One line per method of ``metric`` (mean, error bars: ``<metric>_std``) against the
+    number of calibration images (``calib_images``, log axis); the float value dashed."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    shown = []
+    for method in dict.fromkeys(r['method'] for r in rows if r['method'] != 'float'):
+        points = sorted((r['calib_images'], r[metric], r.get(f'{metric}_std') or 0.0)
+                        for r in rows if r['method'] == method)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                    yerr=[p[2] for p in points], marker='o', capsize=3, label=method)
+        shown += [v + sign * e for _, v, e in points for sign in (-1, 1)]
+    floats = [r[metric] for r in rows if r['method'] == 'float']
+    if floats:
+        ax.axhline(floats[0], color='k', linestyle='--', label=f'float {floats[0]:.3g}')
+        shown.append(floats[0])
+    ax.set_xscale('log')
+    counts = sorted({r['calib_images'] for r in rows})
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xlabel('calibration images per draw')
+    ax.set_ylabel(metric)
+    ax.set_ylim(*value_limits(shown, value_range))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

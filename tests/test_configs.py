@@ -27,3 +27,13 @@ def test_config_builds(path):
         config = mm_settings(model).config
         assert config.method == 'igq' and config.w_bits == config.a_bits
         assert cfg.custom_hooks[0].type == 'IGQCalibrationHook'
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if '/demo' in p and 'igq' in osp.basename(p)],
+                         ids=lambda p: osp.relpath(p, REPO))
+def test_demo_quant_configs_calibrate_on_the_generated_train_split(path):
+    """The hook reads the train dataset; `make demo` generates only data/synthetic_*."""
+    cfg = Config.fromfile(path)
+    hook = cfg.custom_hooks[0]
+    assert hook.get('dataloader', 'train') == 'train' and hook.get('num_images') is None
+    assert cfg.train_dataloader.dataset.data_root == cfg.test_dataloader.dataset.data_root

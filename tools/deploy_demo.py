@@ -6,7 +6,8 @@
 For every demo model and bit-width, with the stock ``tools/test.py`` of mmdet / mmseg
 run as a user runs it (a subprocess each):
 
-1. fake-quant: ``test.py QUANT_CONFIG float.pth`` (the hook calibrates on one image);
+1. fake-quant: ``test.py QUANT_CONFIG float.pth`` (the hook calibrates on its default
+   train images);
 2. export: ``tools/export_quantized.py QUANT_CONFIG float.pth model.igq.safetensors``
    from a copy of the float checkpoint, which is then deleted;
 3. deployed: ``test.py QUANT_CONFIG model.igq.safetensors`` (no float checkpoint

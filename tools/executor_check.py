@@ -2,9 +2,10 @@
 """The deployed executors against the fake-quant model, on the demo models.
 
 For each demo model: convert it as the quantized config says, load the float weights and
-calibrate on the first val image as ``IGQCalibrationHook`` does. Then:
+calibrate as ``IGQCalibrationHook`` does by default (train images, the paper's pixel
+count, draw 0). Then:
 
-1. **Per layer, on the same inputs** (``--layer-images`` val images): every quantized
+1. **Per layer, on the same inputs** (the first ``--layer-images`` val images): every quantized
    Linear / Conv2d of the fake-quant model records its input; the integer layer built
    from it (:class:`~igq_plugin.integer.IntegerLinear` / ``IntegerConv2d``) runs on that
    input. Its codes must dequantize to the fake-quant input bit for bit (same codes, same
@@ -38,6 +39,8 @@ from igq_plugin.integer import (IntegerConv2d, IntegerLinear, activation_codes,
                                 dequantize_codes, to_integer_model)
 from igq_plugin.nn import QuantConv2d, QuantLinear
 from igq_plugin.mm import calibrate_mm_model, take_calibration_batches
+from igq_plugin.mm.calibration_data import (build_calibration_source, draw_calibration_batches,
+                                            train_images_dataloader)
 
 # the default backbone-neck protocol: the quantized configs as they are
 MODELS = {name: (task, model) for task in TASKS.values() for name, model in task.models.items()}
@@ -49,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument('--model', nargs='+', choices=sorted(MODELS), default=['mask-rcnn'])
     parser.add_argument('--data', default=None, help='data root (default: the task\'s)')
     parser.add_argument('--layer-images', type=int, default=2,
-                        help='val images of the per-layer check (after the calibration image)')
+                        help='val images of the per-layer check')
     parser.add_argument('--layer-tolerance', type=float, default=1e-5,
                         help='largest max|integer - fake-quant| / max|fake-quant| per layer')
     parser.add_argument('--onnx', action='store_true',
@@ -167,22 +170,25 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
                       'test_dataloader.persistent_workers': False})
     cfg = load_config(model.quant_config, options)
     runner = prepared_runner(cfg, model.checkpoint, osp.join(out, name))
-    batches = take_calibration_batches(runner.test_dataloader, 1 + layer_images, runner.model)
-    calibrate_mm_model(runner.model, batches[:1], progress=None)
-    layers = per_layer_check(runner.model, batches[1:])
-    features = {'fake-quant': extracted(runner.model, batches[1:])}
+    train_images = build_calibration_source(train_images_dataloader(cfg.train_dataloader,
+                                                                    cfg.test_dataloader))
+    calibrate_mm_model(runner.model, draw_calibration_batches(train_images, None, runner.model),
+                       progress=None)
+    batches = take_calibration_batches(runner.test_dataloader, layer_images, runner.model)
+    layers = per_layer_check(runner.model, batches)
+    features = {'fake-quant': extracted(runner.model, batches)}
     fake, fake_seconds = evaluate(runner)
     with quantized_parts_in_float64(runner.model):
-        features['float64 twin'] = extracted(runner.model, batches[1:])
+        features['float64 twin'] = extracted(runner.model, batches)
         fake64, _ = evaluate(runner)
     onnx_metrics = {}
     if with_onnx:
         with features_from_onnx(runner.model, osp.join(out, name, 'features.onnx'),
                                 batches[0]['inputs']):
-            features['ONNX'] = extracted(runner.model, batches[1:])
+            features['ONNX'] = extracted(runner.model, batches)
             onnx_metrics, _ = evaluate(runner)
     record = to_integer_model(runner.model)
-    features['integer'] = extracted(runner.model, batches[1:])
+    features['integer'] = extracted(runner.model, batches)
     integer, integer_seconds = evaluate(runner)
     reference = features.pop('fake-quant')
     differences = {label: max(float((a - b).norm() / b.norm()) for a, b in zip(levels, reference))

@@ -6,8 +6,12 @@ custom_imports = dict(imports=['igq_plugin.mm'], allow_failed_imports=False)
 custom_hooks = [
     dict(
         type='IGQCalibrationHook',
-        num_images=1,  # the paper's detection protocol: one calibration image
-        dataloader=None,  # the dataloader of the loop about to evaluate (test or val)
+        # calibration images: None = as many as hold the pixels of the paper's one
+        # ~800x1216 COCO image (1 at COCO size; 27 demo images of 192x192)
+        num_images=None,
+        # train images read with the evaluation pipeline: never an image evaluated
+        dataloader='train',
+        draw=0,  # the seed of the image sample; other draws give independent sets
         # RoIs per image in the allocation's sensitivity search: None = every float
         # proposal (the method's definition); e.g. 100 = the best-scored 100, faster
         search_rois=None)

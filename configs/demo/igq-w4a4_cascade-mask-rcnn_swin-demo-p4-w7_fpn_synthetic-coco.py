@@ -7,4 +7,8 @@ model = dict(
         type='IGQBackbone',
         wrapped_type='SwinTransformer',
         quant=dict(method='igq', w_bits=4, a_bits=4, groups=8)))
-custom_hooks = [dict(type='IGQCalibrationHook', num_images=1)]  # as in ../_base_/igq_quantization.py
+# calibration: 27 train images (the paper's one COCO image in pixels), as in
+# ../_base_/igq_quantization.py, of the demo dataset (the float config trains on
+# data/synthetic_coco_2k, which `make demo` does not generate)
+custom_hooks = [dict(type='IGQCalibrationHook')]
+train_dataloader = dict(dataset=dict(data_root='data/synthetic_coco/'))

@@ -7,4 +7,6 @@ model = dict(
         type='IGQBackbone',
         wrapped_type='SwinTransformer',
         quant=dict(method='igq', w_bits=4, a_bits=4, groups=8)))
-custom_hooks = [dict(type='IGQCalibrationHook', num_images=1)]  # as in ../_base_/igq_quantization.py
+# calibration: 27 train images (the paper's one COCO image in pixels), as in
+# ../_base_/igq_quantization.py
+custom_hooks = [dict(type='IGQCalibrationHook')]

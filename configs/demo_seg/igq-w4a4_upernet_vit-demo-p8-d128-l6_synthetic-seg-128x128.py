@@ -6,7 +6,11 @@
 _base_ = './upernet_vit-demo-p8-d128-l6_synthetic-seg-128x128.py'
 custom_imports = dict(imports=['igq_plugin.mm', 'igq_demo.seg_dataset'],
                       allow_failed_imports=False)
-custom_hooks = [dict(type='IGQCalibrationHook', num_images=1)]
+# calibration: 60 train images (the paper's one COCO image in pixels) of the demo
+# dataset (the float config trains on data/synthetic_seg_2k, which `make demo` does not
+# generate)
+custom_hooks = [dict(type='IGQCalibrationHook')]
+train_dataloader = dict(dataset=dict(data_root='data/synthetic_seg/'))
 model = dict(
     backbone=dict(
         type='IGQBackbone',

@@ -15,6 +15,7 @@ Use in a config::
 from .backbone import SUPPORTED_BACKBONES, IGQBackbone
 from .calibration import (calibrate_mm_model, log_report, predict_forward,
                           take_calibration_batches)
+from .calibration_data import PAPER_CALIBRATION_PIXELS, draw_calibration_batches
 from .convert import MMQuantSettings, fit_float_checkpoint, mm_settings, quantize_mm_model
 from .hook import IGQCalibrationHook
 from .predictors import build_predictor
@@ -22,7 +23,8 @@ from .quantized_model import export_mm_model, load_mm_quantized
 
 __all__ = [
     'SUPPORTED_BACKBONES', 'IGQBackbone', 'calibrate_mm_model', 'log_report',
-    'predict_forward', 'take_calibration_batches', 'MMQuantSettings', 'fit_float_checkpoint',
+    'predict_forward', 'take_calibration_batches', 'PAPER_CALIBRATION_PIXELS',
+    'draw_calibration_batches', 'MMQuantSettings', 'fit_float_checkpoint',
     'mm_settings', 'quantize_mm_model', 'IGQCalibrationHook', 'build_predictor',
     'export_mm_model', 'load_mm_quantized'
 ]

@@ -14,14 +14,15 @@ from ..calibration import check_quantized
 from ..nn import QuantState, import_state, set_quant_state
 from ..quant import QuantMode, set_mode
 from ..search import DEFAULT_SENSITIVITY, check_sensitivity
-from .calibration import calibrate_mm_model, log_report, take_calibration_batches
+from .calibration import calibrate_mm_model, log_report
+from .calibration_data import (SOURCES, build_calibration_source, check_draw, check_num_images,
+                               draw_calibration_batches, train_images_dataloader)
 from .convert import fit_float_checkpoint, mm_settings, quantize_mm_model
 from .predictors import check_predictable, check_search_rois
 from .quantized_model import (SUFFIX, expect_quantized_file, export_mm_model,
                               load_into_runner_model, quantized_file_of)
 from .state_io import buffers_fingerprint, fingerprinted_state, load_state, weights_fingerprint
 
-DATALOADERS = ('test', 'val', 'train')
 # hook arguments that became keys of model.backbone.quant (one place for what is quantized)
 MOVED_ARGUMENTS = {'quantize_neck': 'neck', 'quantize_roi_head': 'roi_head'}
 
@@ -35,9 +36,10 @@ class IGQCalibrationHook(Hook):
     every setting of what is quantized (README, "Methods and options"). Before the
     checkpoint is loaded the hook converts the model (:func:`~.convert.quantize_mm_model`);
     after it is loaded the hook checks that the checkpoint holds exactly the model's
-    float tensors; before evaluating it takes ``num_images`` images from a dataloader,
-    calibrates, runs the group-size allocation for ``method='igq'``, logs a per-layer
-    table, saves the state to the work dir, and checks that evaluation runs quantized.
+    float tensors; before evaluating it draws ``num_images`` calibration images (train
+    images by default, :mod:`.calibration_data`), calibrates, runs the group-size
+    allocation for ``method='igq'``, logs a per-layer table, saves the state to the work
+    dir, and checks that evaluation runs quantized.
     When the checkpoint is a quantized-model file (``tools/test.py CONFIG
     model.igq.safetensors``, :mod:`.quantized_model`), the hook loads it instead: no
     float checkpoint and no calibration.
@@ -45,10 +47,15 @@ class IGQCalibrationHook(Hook):
     holds identical parameters.
 
     Args:
-        num_images: calibration images (the paper's protocol: 1).
-        dataloader: where calibration images come from: ``None`` (the dataloader of
-            the loop about to evaluate), ``'test'``, ``'val'``, ``'train'`` (the
-            runner's config of that dataloader), or a dataloader config dict.
+        num_images: calibration images; ``None`` (default): as many as hold the
+            pixels of the paper's one ~800x1216 COCO image (1 image at COCO size, 27
+            at 192x192; :func:`~.calibration_data.images_for_pixels`).
+        dataloader: where calibration images come from: ``'train'`` (default: the
+            train dataset read with the evaluation pipeline, so that no evaluated
+            image calibrates), ``'test'`` / ``'val'`` (that loop's dataloader), or a
+            dataloader config dict.
+        draw: which images: the first ``num_images`` of a permutation of the source
+            dataset seeded with ``draw`` (draws 0, 1, ... are independent samples).
         state_file: load this calibrated state instead of calibrating.
         save_state: write ``igq_state.pth`` to the work dir after calibrating.
         export: also write the deployable ``model.igq.safetensors`` to the work dir
@@ -70,8 +77,9 @@ class IGQCalibrationHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    def __init__(self, num_images: int = 1, dataloader: str | dict | None = None,
-                 state_file: str | None = None, save_state: bool = True, export: bool = False,
+    def __init__(self, num_images: int | None = None, dataloader: str | dict = 'train',
+                 draw: int = 0, state_file: str | None = None, save_state: bool = True,
+                 export: bool = False,
                  search_rois: int | None = None, sensitivity: str = DEFAULT_SENSITIVITY,
                  fisher_samples: int | None = None,
                  **moved):
@@ -81,13 +89,14 @@ class IGQCalibrationHook(Hook):
             raise ValueError(f'IGQCalibrationHook: {key} is now the key '
                              f'model.backbone.quant.{MOVED_ARGUMENTS[key]} (what is quantized '
                              f'is set in one place); remove it from the hook')
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f'IGQCalibrationHook: num_images={num_images!r}; calibration '
-                             f'needs at least 1 image')
-        if dataloader is not None and not isinstance(dataloader, dict) and \
-                dataloader not in DATALOADERS:
+        try:
+            check_num_images(num_images)
+            check_draw(draw)
+        except ValueError as error:
+            raise ValueError(f'IGQCalibrationHook: {error}') from None
+        if not isinstance(dataloader, dict) and dataloader not in SOURCES:
             raise ValueError(f'IGQCalibrationHook: dataloader={dataloader!r}; allowed are '
-                             f'{DATALOADERS} or a dataloader config dict')
+                             f'{SOURCES} or a dataloader config dict')
         self.search_rois = check_search_rois(search_rois)
         try:
             self.sensitivity, self.fisher_samples = check_sensitivity(sensitivity,
@@ -96,6 +105,7 @@ class IGQCalibrationHook(Hook):
             raise ValueError(f'IGQCalibrationHook: {error}') from None
         self.num_images = num_images
         self.dataloader = dataloader
+        self.draw = draw
         self.state_file = state_file
         self.save_state = save_state
         self.export = export
@@ -121,6 +131,9 @@ class IGQCalibrationHook(Hook):
                                     f'does not exist')
         if settings.config.method == 'igq' and self.state_file is None:
             check_predictable(model, self.search_rois)
+        loads_file = str(runner.cfg.get('load_from') or '').endswith(SUFFIX)
+        if self.dataloader == 'train' and self.state_file is None and not loads_file:
+            self._check_train_source(runner.cfg)
         record = quantize_mm_model(model)
         expect_quantized_file()
         print_log(f'IGQ: {settings.as_dict()}; quantized {len(record.layers)} layers of '
@@ -152,12 +165,23 @@ class IGQCalibrationHook(Hook):
         self._prepare(runner, 'test')
 
     def _dataloader(self, runner, evaluating: str):
-        source = self.dataloader or evaluating
+        source = self.dataloader
         if isinstance(source, dict):
-            return runner.build_dataloader(source)
+            return build_calibration_source(source)
         if source == 'train':
-            return runner.build_dataloader(runner.cfg.train_dataloader)
+            cfg = runner.cfg
+            self._check_train_source(cfg)
+            evaluated = cfg.test_dataloader if evaluating == 'test' else cfg.val_dataloader
+            return build_calibration_source(train_images_dataloader(cfg.train_dataloader,
+                                                                    evaluated))
         return (runner.test_loop if source == 'test' else runner.val_loop).dataloader
+
+    @staticmethod
+    def _check_train_source(cfg) -> None:
+        if cfg.get('train_dataloader') is None:
+            raise ValueError("IGQCalibrationHook: dataloader='train' but the config has no "
+                             "train_dataloader; set custom_hooks' dataloader to 'test', 'val' "
+                             "or a dataloader config dict")
 
     def _prepare(self, runner, evaluating: str) -> None:
         model = self._model(runner)
@@ -184,8 +208,8 @@ class IGQCalibrationHook(Hook):
         rank, world_size = get_dist_info()
         state = [None]
         if rank == 0:
-            batches = take_calibration_batches(self._dataloader(runner, evaluating),
-                                               self.num_images, model)
+            batches = draw_calibration_batches(self._dataloader(runner, evaluating),
+                                               self.num_images, model, self.draw)
             self.report = calibrate_mm_model(model, batches, search_rois=self.search_rois,
                                              sensitivity=self.sensitivity,
                                              fisher_samples=self.fisher_samples)

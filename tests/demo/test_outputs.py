@@ -9,15 +9,17 @@ RECORDS = [dict(method='float', w_bits=32, a_bits=32, g_avg=None, mIoU=80.0, aAc
                 feat_err=0.05, gbops=0.2, calib_seconds=3.0, eval_seconds=1.5)]
 
 
-def test_results_table_shows_the_change_from_float_after_each_metric():
-    lines = _markdown(RECORDS, SEG.columns, list(SEG.metrics)).splitlines()
+def test_results_table_shows_spread_and_the_change_from_float_after_each_metric():
+    records = [RECORDS[0], dict(RECORDS[1], mIoU_std=0.5, kl_std=0.001, draws=5)]
+    lines = _markdown(records, SEG.columns, list(SEG.metrics), 2).splitlines()
     header = [c.strip() for c in lines[0].strip('|').split('|')]
-    assert header[4:8] == ['mIoU', 'd_mIoU', 'aAcc', 'd_aAcc']
+    assert header[3:9] == ['g_avg', 'draws', 'mIoU', 'd_mIoU', 'aAcc', 'd_aAcc']
     float_row = [c.strip() for c in lines[2].strip('|').split('|')]
     igq_row = [c.strip() for c in lines[3].strip('|').split('|')]
-    assert float_row[5] == '-' and float_row[header.index('kl')] == '-'
-    assert igq_row[5] == '-8.7500' and igq_row[7] == '-1.5000'
-    assert igq_row[header.index('gbops')] == '0.2'
+    assert float_row[6] == '-' and float_row[header.index('kl')] == '-'
+    assert igq_row[5:9] == ['71.25 ± 0.50', '-8.75', '93.50', '-1.50']
+    assert igq_row[header.index('kl')] == '0.0123 ± 0.0010'
+    assert igq_row[header.index('gbops')] == '0.2' and igq_row[header.index('draws')] == '5'
 
 
 def test_one_terminal_line_per_run():
@@ -45,3 +47,12 @@ def test_protocols_are_checked_and_get_their_own_folder():
         DemoSettings(protocol='all').validate()
     with pytest.raises(ValueError, match='applies to detectors'):
         DemoSettings(task='seg', protocol='full').validate()
+
+
+def test_a_detector_that_detects_nothing_scores_zero():
+    from igq_demo.demo import _record
+    from igq_demo.evaluation import EvaluationResult
+    from igq_demo.tasks import DET
+    empty = EvaluationResult(metrics={}, report=None, calib_seconds=1.0, eval_seconds=2.0)
+    record = _record(DET, 'per-tensor', 4, 4, 1, empty, 7.5, draw=3, calib_images=27)
+    assert (record['bbox_mAP'], record['segm_mAP'], record['draw']) == (0.0, 0.0, 3)

@@ -30,26 +30,32 @@ def test_demo_writes_complete_records_and_plots(tmp_path, monkeypatch):
     out = str(tmp_path / 'out')
     assert demo.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
                       '--methods', 'per-tensor', 'igq-fixed', '--bits', '4',
-                      '--fidelity-images', '2']) == 0
-    records = json.load(open(osp.join(out, 'results.json')))
+                      '--fidelity-images', '2', '--calib-images', '2', '--draws', '2']) == 0
+    results = json.load(open(osp.join(out, 'results.json')))
+    records = results['summary']
     assert [r['method'] for r in records] == ['float', 'per-tensor', 'igq-fixed']
+    assert [(r['method'], r['draw'], r['calib_images']) for r in results['runs']] == [
+        ('float', None, None), ('per-tensor', 0, 2), ('per-tensor', 1, 2), ('igq-fixed', 0, 2),
+        ('igq-fixed', 1, 2)]
+    assert results['settings']['draws'] == 2 and results['settings']['split'] == 'val'
     for record in records:
-        assert set(record) == set(DET.columns)
+        assert set(DET.columns) | {'draws'} <= set(record)
+        assert record['draws'] == (1 if record['method'] == 'float' else 2)
         for metric in ('bbox_mAP', 'segm_mAP'):
             assert isinstance(record[metric], float) and (0 <= record[metric] <= 1
                                                           or record[metric] == -1)
         assert record['gbops'] > 0 and record['eval_seconds'] > 0
         if record['method'] == 'float':
             assert record['kl'] is None and record['feat_err'] is None
-        else:  # measured on val images 1..2, against the model's own float outputs
+        else:  # measured on val images 0..1, against the model's own float outputs
             assert record['kl'] >= 0 and 0 < record['feat_err'] < 10
     for name in ('results.md', 'ap_by_method.png', 'channel_range_variation.png'):
         assert osp.getsize(osp.join(out, name)) > 0
     # the full-detector protocol: quantized runs with RPN and RoI heads, the float run as is
     assert demo.main(['--data', data, '--checkpoint', checkpoint, '--out', out,
                       '--methods', 'igq-fixed', '--bits', '4', '--fidelity-images', '2',
-                      '--protocol', 'full']) == 0
-    full = json.load(open(osp.join(out, 'full', 'results.json')))
+                      '--protocol', 'full', '--calib-images', '1', '--draws', '1']) == 0
+    full = json.load(open(osp.join(out, 'full', 'results.json')))['summary']
     assert [r['method'] for r in full] == ['float', 'igq-fixed']
     assert full[0]['bbox_mAP'] == records[0]['bbox_mAP']  # the same float model
     assert full[1]['gbops'] > records[2]['gbops']  # the heads' operations are quantized too

@@ -41,6 +41,7 @@ def setup(tmp_path_factory):
 
 def options(data, *extra):
     return ['--cfg-options', f'test_dataloader.dataset.data_root={data}/',
+            f'train_dataloader.dataset.data_root={data}/', 'custom_hooks.0.num_images=1',
             f'test_evaluator.ann_file={data}/annotations/instances_val.json',
             'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
             'model.backbone.quant.candidates=[1,4]', 'model.backbone.quant.groups=4', *extra]

@@ -5,7 +5,6 @@ import types
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from scipy.stats import spearmanr
 
@@ -17,7 +16,8 @@ from igq_plugin.nn import QuantState, igq_quantizers, set_quant_state
 from igq_plugin.search import FisherPredictor, fisher_tables, sensitivity_tables
 
 from .test_calibration import build_pair
-from .tiny_models import CASCADE_CONFIG, tiny_batches, tiny_model_cfg
+from .tiny_models import (CASCADE_CONFIG, fake_runner_fields, no_source, tiny_batches,
+                          tiny_model_cfg)
 from .tiny_segmentors import SWIN_UPERNET, VIT_UPERNET, tiny_seg_batches, tiny_segmentor_cfg
 
 # three candidates keep the exact search these tests compare against short
@@ -78,7 +78,7 @@ def test_fisher_tables_for_every_quantizer_rank_like_the_exact_ones(build, confi
 def fake_runner(tmp_path, model_cfg):
     torch.manual_seed(0)
     model = MODELS.build(model_cfg).eval()
-    return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg)),
+    return types.SimpleNamespace(model=model, **fake_runner_fields(model_cfg),
                                  work_dir=str(tmp_path),
                                  test_loop=types.SimpleNamespace(dataloader=None))
 
@@ -86,7 +86,8 @@ def fake_runner(tmp_path, model_cfg):
 def test_hook_runs_the_fisher_search(tmp_path, monkeypatch):
     init_default_scope('mmdet')
     runner = fake_runner(tmp_path, tiny_model_cfg(quant=dict(QUANT, method='igq')))
-    monkeypatch.setattr(hook_module, 'take_calibration_batches',
+    monkeypatch.setattr(hook_module, 'build_calibration_source', no_source)
+    monkeypatch.setattr(hook_module, 'draw_calibration_batches',
                         lambda *a: tiny_batches(runner.model, count=1))
     hook = IGQCalibrationHook(sensitivity='fisher', fisher_samples=2, save_state=False)
     hook.before_run(runner)

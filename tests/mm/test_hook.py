@@ -2,14 +2,13 @@ import types
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import igq_plugin.mm.hook as hook_module
 from igq_plugin.mm import IGQCalibrationHook
 from igq_plugin.nn import QuantState, quantization_record
 
-from .tiny_models import tiny_batches, tiny_model_cfg
+from .tiny_models import fake_runner_fields, no_source, tiny_batches, tiny_model_cfg
 
 QUANT = dict(method='igq-fixed', w_bits=4, a_bits=4, groups=4)
 
@@ -24,7 +23,7 @@ def fake_runner(tmp_path, quant=QUANT):
     model_cfg = tiny_model_cfg(quant=quant)
     model = MODELS.build(model_cfg)
     model.eval()
-    return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg)),
+    return types.SimpleNamespace(model=model, **fake_runner_fields(model_cfg),
                                  work_dir=str(tmp_path),
                                  test_loop=types.SimpleNamespace(dataloader=None),
                                  val_loop=types.SimpleNamespace(dataloader=None))
@@ -33,7 +32,8 @@ def fake_runner(tmp_path, quant=QUANT):
 def test_hook_calibrates_once_and_saves_state(tmp_path, monkeypatch):
     runner = fake_runner(tmp_path)
     batches = tiny_batches(runner.model, count=1)
-    monkeypatch.setattr(hook_module, 'take_calibration_batches', lambda *a: batches)
+    monkeypatch.setattr(hook_module, 'build_calibration_source', no_source)
+    monkeypatch.setattr(hook_module, 'draw_calibration_batches', lambda *a: batches)
     calls = []
     real = hook_module.calibrate_mm_model
     monkeypatch.setattr(hook_module, 'calibrate_mm_model',
@@ -62,7 +62,8 @@ def test_hook_calibrates_once_and_saves_state(tmp_path, monkeypatch):
 def save_calibrated_state(tmp_path, monkeypatch):
     """Calibrate the tiny detector through the hook; the state lands in ``tmp_path``."""
     runner = fake_runner(tmp_path)
-    monkeypatch.setattr(hook_module, 'take_calibration_batches',
+    monkeypatch.setattr(hook_module, 'build_calibration_source', no_source)
+    monkeypatch.setattr(hook_module, 'draw_calibration_batches',
                         lambda *a: tiny_batches(runner.model, count=1))
     hook = IGQCalibrationHook()
     hook.before_run(runner)
@@ -139,7 +140,7 @@ class TestBadInput:
     def test_float_backbone(self, tmp_path):
         model_cfg = tiny_model_cfg()
         runner = types.SimpleNamespace(model=MODELS.build(model_cfg),
-                                       cfg=Config(dict(model=model_cfg)), work_dir=str(tmp_path))
+                                       **fake_runner_fields(model_cfg), work_dir=str(tmp_path))
         with pytest.raises(TypeError, match='IGQBackbone'):
             IGQCalibrationHook().before_run(runner)
 

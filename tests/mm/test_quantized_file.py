@@ -3,7 +3,6 @@ import types
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import CheckpointLoader
 
@@ -12,7 +11,7 @@ from igq_plugin.mm import IGQCalibrationHook, load_mm_quantized
 from igq_plugin.mm.quantized_model import load_from_quantized_file
 from igq_plugin.nn import QuantState, quantization_record
 
-from .tiny_models import tiny_batches, tiny_model_cfg
+from .tiny_models import fake_runner_fields, no_source, tiny_batches, tiny_model_cfg
 
 QUANT = dict(method='igq', w_bits=4, a_bits=4, groups=4)
 
@@ -27,8 +26,8 @@ def fake_runner(tmp_path, quant=QUANT, seed=0, **model_changes):
     model_cfg = tiny_model_cfg(quant=quant)
     model_cfg.update(model_changes)
     model = MODELS.build(model_cfg).eval()
-    return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg,
-                                                              default_scope='mmdet')),
+    return types.SimpleNamespace(model=model,
+                                 **fake_runner_fields(model_cfg, default_scope='mmdet'),
                                  work_dir=str(tmp_path),
                                  test_loop=types.SimpleNamespace(dataloader=None),
                                  val_loop=types.SimpleNamespace(dataloader=None))
@@ -41,14 +40,15 @@ def exported(tmp_path_factory):
     work = tmp_path_factory.mktemp('work')
     runner = fake_runner(work)
     batches = tiny_batches(runner.model, count=1)
-    original = hook_module.take_calibration_batches
-    hook_module.take_calibration_batches = lambda *a: batches
+    original = hook_module.draw_calibration_batches, hook_module.build_calibration_source
+    hook_module.draw_calibration_batches = lambda *a: batches
+    hook_module.build_calibration_source = no_source
     try:
         hook = IGQCalibrationHook(export=True, save_state=False)
         hook.before_run(runner)
         hook.before_test(runner)
     finally:
-        hook_module.take_calibration_batches = original
+        hook_module.draw_calibration_batches, hook_module.build_calibration_source = original
     return runner, batches, str(work / 'model.igq.safetensors')
 
 

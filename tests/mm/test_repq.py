@@ -4,7 +4,6 @@ import types
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import igq_plugin.mm.hook as hook_module
@@ -13,7 +12,7 @@ from igq_plugin.mm.calibration import calibrate_mm_model
 from igq_plugin.mm.convert import quantize_mm_model
 from igq_plugin.nn import activation_quantizers, float_run, quantization_record
 
-from .tiny_models import tiny_batches, tiny_model_cfg
+from .tiny_models import fake_runner_fields, no_source, tiny_batches, tiny_model_cfg
 from .tiny_segmentors import VIT_UPERNET, tiny_seg_batches, tiny_segmentor_cfg
 
 REPQ = dict(method='repq', w_bits=4, a_bits=4)
@@ -87,7 +86,7 @@ def test_vit_segmentor_folds_the_fused_in_proj_and_the_ffn():
 
 def fake_runner(tmp_path, model_cfg):
     model = build(model_cfg)
-    return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg)),
+    return types.SimpleNamespace(model=model, **fake_runner_fields(model_cfg),
                                  work_dir=str(tmp_path),
                                  test_loop=types.SimpleNamespace(dataloader=None),
                                  val_loop=types.SimpleNamespace(dataloader=None))
@@ -98,7 +97,8 @@ def test_state_file_reloads_exactly_and_other_weights_are_refused(tmp_path, monk
     cfg = tiny_model_cfg(quant=REPQ)
     runner = fake_runner(tmp_path, cfg)
     batches = tiny_batches(runner.model, count=1)
-    monkeypatch.setattr(hook_module, 'take_calibration_batches', lambda *a: batches)
+    monkeypatch.setattr(hook_module, 'build_calibration_source', no_source)
+    monkeypatch.setattr(hook_module, 'draw_calibration_batches', lambda *a: batches)
     hook = IGQCalibrationHook()
     hook.before_run(runner)
     hook.before_test(runner)

@@ -41,6 +41,14 @@ test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, da
     metainfo=dict(classes=('background', 'a', 'b', 'c'),
                   palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]])))
 test_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+# calibration reads the train dataset with the test pipeline: here the same tiny images
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='BaseSegDataset', data_root={data!r},
+    data_prefix=dict(img_path='img', seg_map_path='ann'), img_suffix='.png',
+    seg_map_suffix='.png', pipeline=[],
+    metainfo=dict(classes=('background', 'a', 'b', 'c'),
+                  palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]])))
+custom_hooks = [dict(type='IGQCalibrationHook', num_images=1)]
 '''
 
 FLOAT_CONFIG = '''

@@ -121,12 +121,12 @@ def test_pixel_search_with_cached_prefix_equals_naive():
 def fake_runner(tmp_path, model_cfg, scope):
     import types
 
-    from mmengine.config import Config
+    from .tiny_models import fake_runner_fields
     init_default_scope(scope)
     torch.manual_seed(0)
     model = MODELS.build(model_cfg)
     model.eval()
-    return types.SimpleNamespace(model=model, cfg=Config(dict(model=model_cfg)),
+    return types.SimpleNamespace(model=model, **fake_runner_fields(model_cfg),
                                  work_dir=str(tmp_path),
                                  test_loop=types.SimpleNamespace(dataloader=None))
 
@@ -136,18 +136,20 @@ def test_hook_calibrates_a_segmentor_once_and_refuses_a_detector_state(tmp_path,
     from igq_plugin.mm import IGQCalibrationHook
     from igq_plugin.nn import QuantState, quantization_record
 
-    from .tiny_models import tiny_batches, tiny_model_cfg
+    from .tiny_models import no_source, tiny_batches, tiny_model_cfg
     quant = dict(QUANT, method='igq-fixed')
     detector = fake_runner(tmp_path / 'det', tiny_model_cfg(quant=quant), 'mmdet')
     (tmp_path / 'det').mkdir()
-    monkeypatch.setattr(hook_module, 'take_calibration_batches',
+    monkeypatch.setattr(hook_module, 'build_calibration_source', no_source)
+    monkeypatch.setattr(hook_module, 'draw_calibration_batches',
                         lambda *a: tiny_batches(detector.model, count=1))
     hook = IGQCalibrationHook()
     hook.before_run(detector)
     hook.before_test(detector)
 
     segmentor = fake_runner(tmp_path, tiny_segmentor_cfg(quant=quant), 'mmseg')
-    monkeypatch.setattr(hook_module, 'take_calibration_batches',
+    monkeypatch.setattr(hook_module, 'build_calibration_source', no_source)
+    monkeypatch.setattr(hook_module, 'draw_calibration_batches',
                         lambda *a: tiny_seg_batches(segmentor.model, count=1))
     calls = []
     real = hook_module.calibrate_mm_model

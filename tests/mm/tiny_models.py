@@ -46,3 +46,18 @@ def tiny_batches(model, count=2, size=64, seed=0):
         batches.append(model.data_preprocessor(dict(inputs=[image.to(torch.uint8)],
                                                     data_samples=[sample]), False))
     return batches
+
+
+def fake_runner_fields(model_cfg, **cfg):
+    """What a fake runner needs for the hook's default calibration source (train images
+    with the evaluation pipeline): the loader configs (never built: the tests replace
+    the hook's ``build_calibration_source`` by :func:`no_source` and its
+    ``draw_calibration_batches``)."""
+    dataset = dict(type='CocoDataset', pipeline=[])
+    loaders = {f'{split}_dataloader': dict(dataset=dataset) for split in ('train', 'val', 'test')}
+    return dict(cfg=Config(dict(model=model_cfg, **loaders, **cfg)))
+
+
+def no_source(loader_cfg):
+    """Stands in for ``build_calibration_source``: the loader config is well formed."""
+    assert 'pipeline' in loader_cfg['dataset']
