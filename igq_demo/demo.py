@@ -106,6 +106,17 @@ class DemoSettings:
                                     f'train it with `make demo-models` or pass --checkpoint')
 
 
+def settings_error(runs: list[DemoSettings]) -> str | None:
+    """The first invalid setting of ``runs`` as an ``error: ...`` line, or ``None``
+    (the command lines check every run before any long work starts)."""
+    try:
+        for settings in runs:
+            settings.validate()
+    except (ValueError, FileNotFoundError) as error:
+        return f'error: {error}'
+    return None
+
+
 def prepare_data(settings: DemoSettings) -> str:
     """The dataset root: the default dataset is generated unless a current copy exists;
     any other ``--data`` must already hold a dataset of the task."""
@@ -229,8 +240,7 @@ def _record(task: DemoTask, method, w_bits, a_bits, g_avg, result, gbops, draw=N
         # (it logs "The testing results of the whole dataset is empty"): mAP 0
         print_log(f'{method} W{w_bits}/A{a_bits}: no detections on the evaluated images, '
                   f'mAP 0', logger='current')
-    metrics = {column: round(float(result.metrics.get(key, 0.0) if not result.metrics
-                                   else result.metrics[key]), 4)
+    metrics = {column: round(float(result.metrics[key] if result.metrics else 0.0), 4)
                for column, key in task.metrics.items()}
     fidelity = result.fidelity
     return dict(method=method, w_bits=w_bits, a_bits=a_bits, g_avg=g_avg, draw=draw,

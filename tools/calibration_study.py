@@ -14,7 +14,7 @@ import os
 import os.path as osp
 import sys
 
-from igq_demo.demo import VARIANTS, DemoSettings, run_demo
+from igq_demo.demo import VARIANTS, DemoSettings, run_demo, settings_error
 from igq_demo.draws import format_spread, significant_digits
 from igq_demo.plots import plot_metric_by_count
 from igq_demo.tasks import TASKS, task_of
@@ -45,11 +45,9 @@ def main(argv=None) -> int:
                          calib_images=count, draws=args.draws,
                          out=osp.join(out, f'n{count}'))
             for count in args.counts]
-    try:
-        for settings in runs:
-            settings.validate()
-    except (ValueError, FileNotFoundError) as error:
-        print(f'error: {error}', file=sys.stderr)
+    error = settings_error(runs)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     rows = []
     for count, settings in zip(args.counts, runs):

@@ -21,7 +21,7 @@ import sys
 
 from mmengine.config import DictAction
 
-from igq_demo.demo import PROTOCOLS, VARIANTS, DemoSettings, run_demo
+from igq_demo.demo import PROTOCOLS, VARIANTS, DemoSettings, run_demo, settings_error
 from igq_demo.splits import SPLITS
 from igq_demo.tasks import TASKS
 from igq_plugin.quantizers import METHODS
@@ -88,11 +88,9 @@ def parse_args(argv=None) -> list[DemoSettings]:
 
 def main(argv=None) -> int:
     runs = parse_args(argv)
-    try:
-        for settings in runs:
-            settings.validate()
-    except (ValueError, FileNotFoundError) as error:
-        print(f'error: {error}', file=sys.stderr)
+    error = settings_error(runs)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     for settings in runs:
         run_demo(settings)
