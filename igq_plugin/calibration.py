@@ -135,14 +135,14 @@ def calibrate_model(model: nn.Module, batches: Sequence[Any], forward: Forward, 
     sensitivity, fisher_samples = check_sensitivity(sensitivity, fisher_samples)
     if not batches:
         raise ValueError('empty calibration set: need at least 1 calibration batch')
-    if config.method == 'igq' and predictor is None:
-        raise ValueError("method='igq' allocates group sizes from a sensitivity search and "
-                         "needs predictor= (e.g. igq_plugin.ClassifierPredictor); use "
+    if config.allocates and predictor is None:
+        raise ValueError(f"method={config.method!r} allocates group sizes from a sensitivity "
+                         "search and needs predictor= (e.g. igq_plugin.ClassifierPredictor); use "
                          "method='igq-fixed' for one G in every layer")
     if predictor is not None and not isinstance(predictor, SensitivityPredictor):
         raise TypeError(f'predictor must have predict(layer) -> list of probabilities; got '
                         f'{type(predictor).__name__}')
-    if config.method == 'igq' and sensitivity in FISHER_ESTIMATORS and \
+    if config.allocates and sensitivity in FISHER_ESTIMATORS and \
             not isinstance(predictor, FisherPredictor):
         raise TypeError(f"sensitivity={sensitivity!r} needs a predictor with log_probs() "
                         f'(differentiable log-probabilities, igq_plugin.FisherPredictor); '
@@ -163,10 +163,15 @@ def _calibrate(model, config, batches, forward, predictor, progress, sensitivity
         for batch in batches:
             forward(model, batch)
     finalize_calibration(model)
+    if config.calibration_order == 'quantized':  # again, on quantized upstream activations
+        with torch.no_grad(), quant_mode(model, QuantMode.RECALIBRATE):
+            for batch in batches:
+                forward(model, batch)
+        finalize_calibration(model)
     quantizers = activation_quantizers(model)
     report = CalibrationReport(config.method, len(batches), 0.0, 0.0)
     tables = None
-    if config.method == 'igq':
+    if config.allocates:
         layers = igq_quantizers(model)
         report.sensitivity = sensitivity
         if sensitivity in FISHER_ESTIMATORS:  # one step per calibration image

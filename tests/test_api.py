@@ -10,7 +10,7 @@ from igq_plugin import (ClassifierPredictor, QuantConfig, QuantState, calibrate_
                         quantization_record, quantize_model)
 from igq_plugin.nn import activation_quantizers, igq_quantizers
 from igq_plugin.quant import QuantMode, quant_mode
-from igq_plugin.quantizers import METHODS
+from igq_plugin.quantizers import ALLOCATING_METHODS, FOLDING_METHODS, METHODS
 
 from tests.toy_models import TinyViT, toy_images
 
@@ -63,12 +63,12 @@ def test_calibrate_every_method(method):
     with torch.no_grad():
         quantized = model(images)
         with float_run(model):
-            if method == 'repq':  # its fold rescales float weights: equal to float rounding
+            if method in FOLDING_METHODS:  # the fold rescales float weights: float rounding
                 torch.testing.assert_close(model(images), reference(images))
             else:
                 assert torch.equal(model(images), reference(images))
     assert not torch.equal(quantized, reference(images))
-    assert (report.allocation is not None) == (method == 'igq')
+    assert (report.allocation is not None) == (method in ALLOCATING_METHODS)
 
 
 def test_ready_model_refuses_a_partly_float_forward():

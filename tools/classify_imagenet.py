@@ -142,9 +142,9 @@ def forward(model, batch):
 def quantized_run(float_model, method: str, bits: int, g_avg: int, batches, input_range):
     """Convert a copy of the model, calibrate it (and allocate for igq)."""
     model = copy.deepcopy(float_model)
-    quantize_model(model, QuantConfig(method=method, w_bits=bits, a_bits=bits, groups=g_avg),
-                   input_range=input_range)
-    predictor = ClassifierPredictor(model, batches, forward) if method == 'igq' else None
+    config = QuantConfig(method=method, w_bits=bits, a_bits=bits, groups=g_avg)
+    quantize_model(model, config, input_range=input_range)
+    predictor = ClassifierPredictor(model, batches, forward) if config.allocates else None
     return model, calibrate_model(model, batches, forward, predictor=predictor)
 
 

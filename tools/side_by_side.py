@@ -6,6 +6,10 @@ a row per (method, bits), a column group per folder (every metric and ``kl``), e
 cell the mean ± std over calibration draws. docs/results.md's tables were printed by
 
     python tools/side_by_side.py plain=work_dirs/demo pretrained-like=work_dirs/demo/pretrained-like
+
+``LABEL=FOLDER1,FOLDER2`` merges the rows of several outputs of one setting (e.g. a
+method run on its own with ``--methods``); a (method, bits) row comes from the first
+folder that has it.
 """
 import argparse
 import json
@@ -14,6 +18,7 @@ import sys
 
 from igq_demo.draws import format_spread, significant_digits
 from igq_demo.tasks import TASKS
+from igq_plugin.quantizers import METHODS
 
 
 def load(folder: str) -> dict:
@@ -27,6 +32,29 @@ def load(folder: str) -> dict:
     return results
 
 
+def load_merged(folders: list[str]) -> dict:
+    """The results of several folders of one task, summaries merged (first wins)."""
+    merged = load(folders[0])
+    seen = {(r['method'], r['w_bits']) for r in merged['summary']}
+    for folder in folders[1:]:
+        results = load(folder)
+        if results['settings']['task'] != merged['settings']['task']:
+            raise ValueError(f'{folder} holds {results["settings"]["task"]} results, '
+                             f'{folders[0]} {merged["settings"]["task"]} results')
+        for row in results['summary']:
+            if (row['method'], row['w_bits']) not in seen:
+                merged['summary'].append(row)
+                seen.add((row['method'], row['w_bits']))
+    return merged
+
+
+def _row_order(key: tuple[str, int]) -> tuple:
+    """float first, then by bits, then in the order of ``METHODS``."""
+    method, bits = key
+    order = METHODS.index(method) if method in METHODS else len(METHODS)
+    return (method != 'float', bits, order, method)
+
+
 def side_by_side(named: dict[str, dict], columns: list[str]) -> str:
     """The markdown table of ``{label: results}`` (``results.json`` contents)."""
     tasks = {results['settings']['task'] for results in named.values()}
@@ -35,8 +63,8 @@ def side_by_side(named: dict[str, dict], columns: list[str]) -> str:
     task = TASKS[tasks.pop()]
     metrics = columns or list(task.metrics)
     digits = significant_digits(task.metric_range)
-    keys = list(dict.fromkeys((r['method'], r['w_bits']) for results in named.values()
-                              for r in results['summary']))
+    keys = sorted(dict.fromkeys((r['method'], r['w_bits']) for results in named.values()
+                                for r in results['summary']), key=_row_order)
     header = ['method', 'bits'] + [f'{label} {column}' for label in named
                                    for column in (*metrics, 'kl')]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -58,7 +86,8 @@ def side_by_side(named: dict[str, dict], columns: list[str]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('folders', nargs='+', help='LABEL=FOLDER (a tools/demo.py output)')
+    parser.add_argument('folders', nargs='+',
+                        help='LABEL=FOLDER or LABEL=FOLDER1,FOLDER2 (tools/demo.py outputs)')
     parser.add_argument('--metrics', nargs='*', default=[],
                         help="metric columns (default: the task's, e.g. bbox_mAP segm_mAP)")
     args = parser.parse_args(argv)
@@ -69,7 +98,7 @@ def main(argv=None) -> int:
             print(f'error: {item!r}: expected LABEL=FOLDER', file=sys.stderr)
             return 2
         try:
-            named[label] = load(folder)
+            named[label] = load_merged(folder.split(','))
         except (FileNotFoundError, ValueError) as error:
             print(f'error: {error}', file=sys.stderr)
             return 2

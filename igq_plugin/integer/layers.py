@@ -95,7 +95,9 @@ class IntegerLinear(_IntegerLayer):
             raise TypeError(f'IntegerLinear.from_quantized needs a QuantLinear; got '
                             f'{type(layer).__name__}')
         if layer.fold_padding is not None:
-            raise ValueError('IntegerLinear: a RepQ-ViT folded layer has no integer form')
+            raise ValueError('IntegerLinear: a layer with a LayerNorm fold (RepQ-ViT\'s '
+                             "reparameterization: method 'repq' or 'igq-reparam') has no "
+                             'integer form')
         module = cls()
         module.in_features, module.out_features = layer.in_features, layer.out_features
         module._set_weight(layer, backend, conv=False)

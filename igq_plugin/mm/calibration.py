@@ -80,7 +80,7 @@ def calibrate_mm_model(model: nn.Module, batches: Sequence[dict],
         raise ValueError('empty calibration set: need at least 1 calibration image')
     predictor, start = None, time.perf_counter()
     with eval_mode(model):
-        if config.method == 'igq':
+        if config.allocates:
             with float_run(model):
                 predictor = build_predictor(model, batches, reuse_prefix, search_rois)
         report = calibrate_model(model, batches, predict_forward, predictor=predictor,

@@ -129,7 +129,7 @@ class IGQCalibrationHook(Hook):
         if self.state_file is not None and not osp.isfile(self.state_file):
             raise FileNotFoundError(f'IGQCalibrationHook: state_file={self.state_file!r} '
                                     f'does not exist')
-        if settings.config.method == 'igq' and self.state_file is None:
+        if settings.config.allocates and self.state_file is None:
             check_predictable(model, self.search_rois)
         loads_file = str(runner.cfg.get('load_from') or '').endswith(SUFFIX)
         if self.dataloader == 'train' and self.state_file is None and not loads_file:

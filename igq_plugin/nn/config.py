@@ -6,9 +6,12 @@ from typing import Sequence
 
 from ..grouping import check_assignment, check_distance
 from ..quant.primitives import check_bits
-from ..quantizers import (DEFAULT_CANDIDATES, DEFAULT_PERCENTILES, GROUP_BOUNDS,
-                          REPQ_PERCENTILES, ActivationQuantizer, build_activation_quantizer,
-                          check_method)
+from ..quantizers import (ALLOCATING_METHODS, DEFAULT_CANDIDATES, DEFAULT_PERCENTILES,
+                          FOLDING_METHODS, GROUP_BOUNDS, REPQ_PERCENTILES, ActivationQuantizer,
+                          build_activation_quantizer, check_method)
+
+CALIBRATION_ORDERS = ('float', 'quantized')
+REPQ_PUBLISHED = ('range', 'padding')
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,9 @@ class QuantConfig:
         method: activation quantizer: ``per-tensor``, ``repq`` (RepQ-ViT, the peer:
             per-tensor with percentile ranges, post-LayerNorm scales folded into the
             weights, log2 softmax), ``static-group``, ``igq-fixed``, ``igq`` (with
-            allocation) or ``upper-bound``.
+            allocation), ``igq-reparam`` (``igq`` after RepQ-ViT's fold of the
+            post-LayerNorm inputs' static per-channel spread; not exportable) or
+            ``upper-bound``.
         w_bits: weight bit-width (per output channel).
         a_bits: activation bit-width.
         groups: G for ``static-group`` / ``igq-fixed``, and ``G_avg`` of the allocation
@@ -36,6 +41,17 @@ class QuantConfig:
         weight_percentiles: clipping percentiles searched per weight channel;
             ``None``: the method's own (RepQ-ViT's for ``repq``, else
             :data:`~igq_plugin.quantizers.DEFAULT_PERCENTILES`).
+        calibration_order: what the activation quantizers are calibrated on:
+            ``'float'`` (default: the float model's activations, one pass) or
+            ``'quantized'`` (a second pass re-calibrates every quantizer on the
+            activations of the model quantized with the first pass's parameters, the
+            order of RepQ-ViT's published code, where every layer sees quantized
+            upstream activations; twice the calibration forwards).
+        repq_published: behaviours of RepQ-ViT's published code to adopt instead of this
+            package's choices, for the study of their effect (docs/method.md, section
+            8): ``'range'`` (``repq``'s ranges as found, not widened to contain 0, zero
+            points unclamped) and ``'padding'`` (a zero-padded token after a LayerNorm
+            fold is left at 0 rather than mapped to the fold of 0).
     """
 
     method: str = 'igq'
@@ -49,6 +65,8 @@ class QuantConfig:
     attention: bool = True
     first_layer_bits: int = 8
     weight_percentiles: Sequence[float] | None = None
+    calibration_order: str = 'float'
+    repq_published: Sequence[str] = ()
 
     def __post_init__(self):
         check_method(self.method)
@@ -57,6 +75,15 @@ class QuantConfig:
         check_bits(self.first_layer_bits, 'first_layer_bits')
         check_distance(self.distance)
         check_assignment(self.assignment)
+        if self.calibration_order not in CALIBRATION_ORDERS:
+            raise ValueError(f'calibration_order={self.calibration_order!r} is not supported: '
+                             f'allowed are {CALIBRATION_ORDERS}')
+        published = tuple(self.repq_published)
+        if isinstance(self.repq_published, str) or \
+                any(item not in REPQ_PUBLISHED for item in published):
+            raise ValueError(f'repq_published={self.repq_published!r}: allowed are subsets of '
+                             f'{REPQ_PUBLISHED}')
+        object.__setattr__(self, 'repq_published', published)
         if self.bounds not in GROUP_BOUNDS:
             raise ValueError(f'bounds={self.bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
@@ -65,7 +92,10 @@ class QuantConfig:
         if not candidates or any(isinstance(g, bool) or not isinstance(g, int) or g < 1
                                  for g in candidates):
             raise ValueError(f'candidates={candidates!r}: must be positive integers')
-        if self.method in ('igq', 'igq-fixed') and self.groups not in candidates:
+        if self.method == 'igq-reparam' and self.bounds == 'mse':
+            raise ValueError("bounds='mse' is not supported with method='igq-reparam' (its "
+                             "histograms are of the unfolded inputs): use 'envelope' or 'mean'")
+        if self.method.startswith('igq') and self.groups not in candidates:
             raise ValueError(f'groups={self.groups} is not one of candidates={candidates}: '
                              f'add it to candidates or choose one of them')
         object.__setattr__(self, 'candidates', candidates)
@@ -73,6 +103,16 @@ class QuantConfig:
             object.__setattr__(self, 'weight_percentiles', REPQ_PERCENTILES
                                if self.method == 'repq' else DEFAULT_PERCENTILES)
         object.__setattr__(self, 'weight_percentiles', tuple(self.weight_percentiles))
+
+    @property
+    def allocates(self) -> bool:
+        """Whether calibration allocates group sizes (sensitivity search, BOP budget)."""
+        return self.method in ALLOCATING_METHODS
+
+    @property
+    def folds(self) -> bool:
+        """Whether the post-LayerNorm inputs' channel scales are folded into the weights."""
+        return self.method in FOLDING_METHODS
 
     def activation_quantizer(self, bits: int, channels: int | None, kind: str = 'channel',
                              channel_dim: int = -1, name: str = '',
@@ -82,7 +122,8 @@ class QuantConfig:
         groups = self.groups if channels is None else min(self.groups, channels)
         return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
                                           groups, self.candidates, self.distance, self.bounds,
-                                          self.assignment, name=name, post_norm=post_norm)
+                                          self.assignment, name=name, post_norm=post_norm,
+                                          include_zero='range' not in self.repq_published)
 
     def as_dict(self) -> dict:
         """The settings as plain values (for state files and logs)."""

@@ -237,7 +237,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, include: Sequence[s
         first_layers = () if first is None else (first,)
     first_layers = tuple(first_layers)
     folds = {}
-    if config.method == 'repq':  # the post-LayerNorm inputs RepQ-ViT folds
+    if config.folds:  # the post-LayerNorm inputs RepQ-ViT's reparameterization folds
         folds = {linear: norm for linear, norm in post_norm_linears(model).items()
                  if _under(linear, include) and not _under(linear, exclude)
                  and linear not in first_layers}

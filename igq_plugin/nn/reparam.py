@@ -106,9 +106,16 @@ def post_norm_linears(model: nn.Module) -> dict[str, str]:
 
 
 def restore_folds(model: nn.Module) -> None:
-    """Put back the float LayerNorm / Linear parameters of every applied fold."""
+    """Put back the float LayerNorm / Linear parameters of every applied fold, and mark
+    the folding quantizers unfolded."""
     record = quantization_record(model)
-    if record is None or not record.fold_originals:
+    if record is None:
+        return
+    for linear_name in record.folds:  # the float weights: no quantizer is folded
+        quantizer = _projection(model.get_submodule(linear_name))[0]
+        if hasattr(quantizer, 'folded'):
+            quantizer.folded.fill_(False)
+    if not record.fold_originals:
         return
     for linear_name in record.folds:
         linear = model.get_submodule(linear_name)
@@ -128,9 +135,9 @@ def restore_folds(model: nn.Module) -> None:
 def apply_folds(model: nn.Module) -> int:
     """Fold every calibrated post-LayerNorm quantizer of ``model`` into its weights.
 
-    Quantizers that were just calibrated are folded (:meth:`RepQQuantizer.fold`);
-    ones already folded (loaded from a state) refold the float weights from their
-    buffers. A model is folded at most once: earlier folds are restored first.
+    Every calibrated folding quantizer (``repq``, ``igq-reparam``) is folded from its
+    buffers (``fold()``), whether just calibrated or loaded from a state. A model is
+    folded at most once: earlier folds are restored first.
 
     Returns:
         The number of folds applied.
@@ -147,7 +154,7 @@ def apply_folds(model: nn.Module) -> int:
             quantizer, weight_attr, bias_attr = _projection(linear)
             if not bool(quantizer.calibrated):
                 continue
-            ratio, shift = quantizer.fold_factors() if bool(quantizer.folded) else quantizer.fold()
+            ratio, shift = quantizer.fold()  # from the calibrated (or loaded) buffers
             for module_name, module, attr in ((norm_name, norm, 'weight'),
                                               (norm_name, norm, 'bias'),
                                               (linear_name, linear, weight_attr),
@@ -161,7 +168,8 @@ def apply_folds(model: nn.Module) -> int:
             weight = getattr(linear, weight_attr)  # [out, C]
             weight.mul_(ratio)
             compensation = weight @ shift
-            if hasattr(linear, 'fold_padding'):  # a QuantLinear (see the module doc)
+            if hasattr(linear, 'fold_padding') and \
+                    'padding' not in record.config.repq_published:  # see the module doc
                 linear.fold_padding = -shift
             if getattr(linear, bias_attr) is None:
                 setattr(linear, bias_attr, nn.Parameter(compensation))

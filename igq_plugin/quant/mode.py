@@ -14,11 +14,16 @@ class QuantMode(str, enum.Enum):
     - ``FLOAT``: identity; the model computes exactly as the float model.
     - ``CALIBRATE``: identity, while recording range statistics of its inputs.
     - ``QUANTIZED``: fake-quantizes with calibrated parameters.
+    - ``RECALIBRATE``: fake-quantizes with the current parameters while recording range
+      statistics of its input (the second calibration pass of
+      ``calibration_order='quantized'``: every input comes from quantized layers); weight
+      quantizers quantize.
     """
 
     FLOAT = 'float'
     CALIBRATE = 'calibrate'
     QUANTIZED = 'quantized'
+    RECALIBRATE = 'recalibrate'
 
 
 def parse_mode(mode: 'QuantMode | str') -> QuantMode:

@@ -41,7 +41,8 @@ def check_percentiles(percentiles: Sequence[float], what: str = 'percentiles'
     return tuple(float(p) for p in values)
 
 
-def clipping_candidates(rows: torch.Tensor, bits: int, percentiles: Sequence[float]
+def clipping_candidates(rows: torch.Tensor, bits: int, percentiles: Sequence[float],
+                        include_zero: bool = True
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every candidate clipping range of every row, and its quantization MSE.
 
@@ -49,6 +50,7 @@ def clipping_candidates(rows: torch.Tensor, bits: int, percentiles: Sequence[flo
         rows: ``[R, K]`` values, one quantizer per row (finite).
         bits: bit-width of the uniform asymmetric quantizer.
         percentiles: candidate ``eps`` in percent (``P`` values, each in ``[0, 50)``).
+        include_zero: as :func:`~igq_plugin.quant.primitives.qparams_from_bounds`.
 
     Returns:
         ``(error, lower, upper)``, each ``[P, R]``: the mean squared error of row ``r``
@@ -62,9 +64,9 @@ def clipping_candidates(rows: torch.Tensor, bits: int, percentiles: Sequence[flo
     for percent in percentiles:
         lower = sorted_percentile(sorted_rows, percent)
         upper = sorted_percentile(sorted_rows, 100.0 - percent)
-        scale, zero = qparams_from_bounds(lower, upper, bits)
+        scale, zero = qparams_from_bounds(lower, upper, bits, include_zero)
         quantized = fake_quantize(rows, scale[:, None], zero[:, None], bits,
-                                  integer_zero_point=True)
+                                  integer_zero_point=include_zero)
         errors.append((quantized - rows).pow_(2).mean(1))
         lowers.append(lower)
         uppers.append(upper)

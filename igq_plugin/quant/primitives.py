@@ -52,8 +52,8 @@ def qmax(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def qparams_from_bounds(lower: torch.Tensor, upper: torch.Tensor,
-                        bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams_from_bounds(lower: torch.Tensor, upper: torch.Tensor, bits: int,
+                        include_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of the asymmetric quantizer covering ``[lower, upper]``.
 
     The range is first widened to contain 0 so that 0 is exactly representable
@@ -63,16 +63,21 @@ def qparams_from_bounds(lower: torch.Tensor, upper: torch.Tensor,
         lower: lower bounds, any shape.
         upper: upper bounds, same shape as ``lower``.
         bits: bit-width in ``[2, 16]``.
+        include_zero: ``False`` keeps the range as given and the zero point unclamped
+            (RepQ-ViT's published quantizer; only its study switch uses it).
 
     Returns:
         ``(scale, zero_point)``, both float tensors of the shape of ``lower``;
-        ``zero_point`` holds integers in ``[0, 2^b - 1]``.
+        ``zero_point`` holds integers, in ``[0, 2^b - 1]`` with ``include_zero``.
     """
     levels = qmax(check_bits(bits))
-    lower = torch.clamp(lower, max=0.0)
-    upper = torch.clamp(upper, min=0.0)
+    if include_zero:
+        lower = torch.clamp(lower, max=0.0)
+        upper = torch.clamp(upper, min=0.0)
     scale = torch.clamp((upper - lower) / levels, min=MIN_SCALE)
-    zero_point = torch.clamp(torch.round(-lower * (1.0 / scale)), 0, levels)
+    zero_point = torch.round(-lower * (1.0 / scale))
+    if include_zero:
+        zero_point = torch.clamp(zero_point, 0, levels)
     return scale, zero_point
 
 

@@ -8,7 +8,8 @@ from .base import DEFAULT_CANDIDATES, GROUP_BOUNDS, KINDS, ActivationQuantizer, 
 from .baselines import (FixedRangeQuantizer, PerTensorQuantizer, StaticGroupQuantizer,
                         UpperBoundQuantizer)
 from .igq import IGQQuantizer
-from .methods import ACTIVATION_QUANTIZERS, METHODS, build_activation_quantizer, check_method
+from .methods import (ACTIVATION_QUANTIZERS, ALLOCATING_METHODS, FOLDING_METHODS, METHODS,
+                      build_activation_quantizer, check_method)
 from .repq import REPQ_PERCENTILES, LogSqrt2Quantizer, RepQQuantizer
 from .weight import DEFAULT_PERCENTILES, WeightQuantizer, search_weight_qparams
 
@@ -16,6 +17,7 @@ __all__ = [
     'DEFAULT_CANDIDATES', 'GROUP_BOUNDS', 'KINDS', 'ActivationQuantizer', 'OpCost',
     'FixedRangeQuantizer', 'PerTensorQuantizer', 'StaticGroupQuantizer',
     'UpperBoundQuantizer', 'IGQQuantizer', 'ACTIVATION_QUANTIZERS', 'METHODS',
+    'ALLOCATING_METHODS', 'FOLDING_METHODS',
     'build_activation_quantizer', 'check_method', 'REPQ_PERCENTILES', 'LogSqrt2Quantizer',
     'RepQQuantizer', 'DEFAULT_PERCENTILES', 'WeightQuantizer', 'search_weight_qparams'
 ]

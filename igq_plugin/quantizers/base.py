@@ -106,7 +106,7 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
     @classmethod
     def build(cls, method: str, bits: int, *, groups: int, candidates: Sequence[int],
               distance: str, bounds: str, assignment: str, post_norm: bool = False,
-              **common) -> 'ActivationQuantizer':
+              include_zero: bool = True, **common) -> 'ActivationQuantizer':
         """Construct from the config's options; each class takes the ones it uses."""
         return cls(bits, **common)
 
@@ -131,6 +131,8 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         if not bool(self.calibrated):
             raise RuntimeError(f'{self._label()} used in quantized mode before '
                                f'calibration: calibrate (or load a calibrated state) first')
+        if self.mode is QuantMode.RECALIBRATE:
+            self._observe_checked(x.detach())
         return self.quantize(x)
 
     def _label(self) -> str:
@@ -159,6 +161,18 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
                              f'calibrate on at least one image')
         self.compute_parameters()
         self.calibrated.fill_(True)
+
+    def unfolded(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as it was before a LayerNorm fold: ``x = (x' + b) r`` along the
+        channels while the fold ``(r, b)`` is applied to the weights (the ``RECALIBRATE``
+        pass of a folding method), else ``x``; so a folding quantizer's statistics are
+        always of the unfolded input."""
+        if not getattr(self, 'post_norm', False) or not bool(self.folded):
+            return x
+        ratio, shift = self.fold_factors()
+        shape = [1] * x.dim()
+        shape[self.channel_dim] = -1
+        return (x + shift.to(x.dtype).view(shape)) * ratio.to(x.dtype).view(shape)
 
     def observe(self, x: torch.Tensor) -> None:
         """Accumulate statistics of one batch (no activation is kept)."""

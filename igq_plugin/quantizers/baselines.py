@@ -106,7 +106,7 @@ class StaticGroupQuantizer(_MinMaxStatistics):
 
     @classmethod
     def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
-              post_norm=False, **common):
+              post_norm=False, include_zero=True, **common):
         return cls(bits, groups=groups, **common)
 
     def bop_groups(self, items):

@@ -65,6 +65,16 @@ class IGQQuantizer(ActivationQuantizer):
             or ``'nearest'`` (the group whose centre is nearest by ``distance``, the
             paper's wording, which clips every item wider than the range of its nearest
             group). docs/studies.md has the measurements behind both defaults.
+        post_norm: (``method='igq-reparam'`` only) the input of a Linear that follows a
+            LayerNorm: calibration also computes a static per-channel fold
+            (:func:`static_fold`, RepQ-ViT's reparameterization) and fits the groups to
+            the folded ranges; :func:`igq_plugin.nn.reparam.apply_folds` then moves the
+            fold into the LayerNorm and the Linear. Not with ``bounds='mse'`` (its
+            histograms are of the unfolded values).
+
+    Buffers (``post_norm`` only):
+        fold_ratio, fold_shift: ``[C]`` the fold ``x' = x / r - b``.
+        folded: whether the fold was applied to the weights.
     """
 
     method = 'igq'
@@ -72,7 +82,7 @@ class IGQQuantizer(ActivationQuantizer):
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, groups: int = 8,
                  candidates: Sequence[int] = DEFAULT_CANDIDATES, distance: str = 'l2',
                  max_iter: int = 20, bounds: str = 'envelope', assignment: str = 'cover',
-                 name: str = ''):
+                 name: str = '', post_norm: bool = False):
         super().__init__(bits, channels, kind, channel_dim, name)
         self.assignment = check_assignment(assignment)
         if bounds not in GROUP_BOUNDS:
@@ -107,6 +117,15 @@ class IGQQuantizer(ActivationQuantizer):
         self._histograms: ItemHistograms | None = None  # bounds='mse' only
         self.fit_iterations: dict[int, int] = {}
         self.bound_steps: dict[int, float] = {}  # bounds='mse': the chosen interpolation
+        self.post_norm = bool(post_norm)
+        if self.post_norm:
+            if self.kind != 'channel' or bounds == 'mse':
+                raise ValueError(f"{self._label()}: post_norm (the fold of igq-reparam) needs "
+                                 f"kind='channel' and bounds 'envelope' or 'mean'; got "
+                                 f"kind={self.kind!r}, bounds={bounds!r}")
+            self.register_buffer('fold_ratio', torch.ones(self.channels))
+            self.register_buffer('fold_shift', torch.zeros(self.channels))
+            self.register_buffer('folded', torch.tensor(False))
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -122,10 +141,11 @@ class IGQQuantizer(ActivationQuantizer):
 
     @classmethod
     def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
-              post_norm=False, **common):
+              post_norm=False, include_zero=True, **common):
         quantizer = cls(bits, groups=groups, candidates=candidates, distance=distance,
-                        bounds=bounds, assignment=assignment, **common)
-        quantizer.method = method  # 'igq' (allocated) or 'igq-fixed'
+                        bounds=bounds, assignment=assignment,
+                        post_norm=post_norm and method == 'igq-reparam', **common)
+        quantizer.method = method  # 'igq' / 'igq-reparam' (allocated) or 'igq-fixed'
         return quantizer
 
     def bop_groups(self, items):
@@ -133,6 +153,7 @@ class IGQQuantizer(ActivationQuantizer):
 
     # -- calibration -----------------------------------------------------------------
     def observe(self, x):
+        x = self.unfolded(x)
         lower, upper = self.item_ranges(x)
         lower, upper = lower.reshape(-1), upper.reshape(-1)
         self._pairs_lower.append(lower.float().cpu())
@@ -171,6 +192,14 @@ class IGQQuantizer(ActivationQuantizer):
                              f'the candidates')
         for buffer in (self.group_lower, self.group_upper, self.centre_lower, self.centre_upper):
             buffer.zero_()
+        if self.post_norm:  # the groups quantize the folded input
+            ratio, shift = static_fold(lower.view(-1, self.channels),
+                                       upper.view(-1, self.channels))
+            self.fold_ratio.copy_(ratio)
+            self.fold_shift.copy_(shift)
+            self.folded.fill_(False)
+            lower = (lower.view(-1, self.channels) / ratio - shift).reshape(-1)
+            upper = (upper.view(-1, self.channels) / ratio - shift).reshape(-1)
         for row, groups in enumerate(self.candidates):
             fit = fit_group_ranges(lower, upper, groups, self.max_iter, self.distance)
             self.centre_lower[row, :groups] = fit.lower
@@ -187,6 +216,19 @@ class IGQQuantizer(ActivationQuantizer):
             self.group_lower[row, :groups] = bound_lower
             self.group_upper[row, :groups] = bound_upper
             self.fit_iterations[groups] = fit.iterations
+
+    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mark the calibrated fold as applied; ``(r, b)``, each ``[C]`` (the caller,
+        :func:`~igq_plugin.nn.reparam.apply_folds`, rescales the LayerNorm and Linear)."""
+        if not self.post_norm or not bool(self.calibrated):
+            raise RuntimeError(f'{self._label()}: only a calibrated post_norm quantizer '
+                               f'can be folded')
+        self.folded.fill_(True)
+        return self.fold_factors()
+
+    def fold_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r, b)`` of the fold recorded in the buffers: ``x' = x / r - b``."""
+        return self.fold_ratio, self.fold_shift
 
     def _assign_ranges(self, centre_lower: torch.Tensor, centre_upper: torch.Tensor):
         """The run-time rule as ``assign(m, M, group_lower, group_upper)`` -> groups."""
@@ -272,4 +314,31 @@ class IGQQuantizer(ActivationQuantizer):
     def extra_repr(self):
         return (super().extra_repr() + f', groups={int(self.groups)}, '
                 f'candidates={self.candidates}, distance={self.distance}, bounds={self.bounds}, '
-                f'assignment={self.assignment}')
+                f'assignment={self.assignment}' + (', post_norm=True' if self.post_norm else ''))
+
+
+def static_fold(lower: torch.Tensor, upper: torch.Tensor,
+                floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """RepQ-ViT's reparameterization for IGQ: the fold that gives every channel the same
+    typical range, so that the groups are left with the per-instance part of the spread.
+
+    A channel's typical range ``[lo_c, hi_c]`` is the mean over the calibration instances
+    of its lower and upper ends; the fold ``x' = x / r - b`` with ``r_c = w_c / mean(w)``
+    (``w_c = hi_c - lo_c``) and ``b_c = lo_c / r_c - mean(lo / r)`` maps every channel's
+    typical range onto one ``[L, L + mean(w)]`` (RepQ-ViT does the same with per-channel
+    quantizer scales and zero points).
+
+    Args:
+        lower, upper: ``[N, C]`` every calibration instance's channel ranges.
+        floor: widths below ``floor * mean(w)`` (constant channels) count as that, so
+            that ``r`` stays positive and the LayerNorm's rescaled affine finite.
+
+    Returns:
+        ``(r, b)``, each ``[C]``.
+    """
+    low, high = lower.mean(0), upper.mean(0)
+    width = high - low
+    mean_width = width.mean().clamp_min(torch.finfo(width.dtype).tiny)
+    ratio = width.clamp_min(floor * mean_width) / mean_width
+    folded_low = low / ratio
+    return ratio, folded_low - folded_low.mean()

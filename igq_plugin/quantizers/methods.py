@@ -1,8 +1,10 @@
 """The activation-quantization methods by name (docs/method.md, sections 7 and 8).
 
 ``per-tensor``, ``repq`` (RepQ-ViT, the peer), ``static-group``, ``igq-fixed`` /
-``igq`` (the same quantizer; ``igq`` also runs the group-size allocation) and
-``upper-bound`` (the ceiling of grouping, not deployable).
+``igq`` (the same quantizer; ``igq`` also runs the group-size allocation),
+``igq-reparam`` (``igq`` after RepQ-ViT's reparameterization of the post-LayerNorm
+inputs: the fold takes the static per-channel spread, the groups the per-instance
+part) and ``upper-bound`` (the ceiling of grouping, not deployable).
 """
 from __future__ import annotations
 
@@ -19,9 +21,14 @@ ACTIVATION_QUANTIZERS = {
     'static-group': StaticGroupQuantizer,
     'igq-fixed': IGQQuantizer,
     'igq': IGQQuantizer,
+    'igq-reparam': IGQQuantizer,
     'upper-bound': UpperBoundQuantizer,
 }
 METHODS = tuple(ACTIVATION_QUANTIZERS)
+# Methods whose group sizes are allocated under the BOP budget (sensitivity search).
+ALLOCATING_METHODS = ('igq', 'igq-reparam')
+# Methods that fold the post-LayerNorm inputs' per-channel scales into the weights.
+FOLDING_METHODS = ('repq', 'igq-reparam')
 
 
 def check_method(method: str) -> str:
@@ -37,12 +44,16 @@ def build_activation_quantizer(method: str, bits: int, channels: int | None = No
                                candidates: Sequence[int] = DEFAULT_CANDIDATES,
                                distance: str = 'l2', bounds: str = 'envelope',
                                assignment: str = 'cover', name: str = '',
-                               post_norm: bool = False) -> ActivationQuantizer:
+                               post_norm: bool = False,
+                               include_zero: bool = True) -> ActivationQuantizer:
     """Build the activation quantizer named ``method``.
 
     The grouping options are ignored by methods without groups. ``post_norm`` marks
     the input of a Linear that follows a LayerNorm: ``repq`` calibrates it per channel
-    and folds it (:mod:`igq_plugin.nn.reparam`); the other methods ignore it.
+    and folds it (:mod:`igq_plugin.nn.reparam`), ``igq-reparam`` folds its static
+    per-channel spread before grouping; the other methods ignore it.
+    ``include_zero=False`` (``repq`` only; the others ignore it) keeps RepQ-ViT's
+    ranges as found (:class:`RepQQuantizer`).
 
     Example:
         >>> q = build_activation_quantizer('igq', 4, channels=16, groups=4)
@@ -52,4 +63,5 @@ def build_activation_quantizer(method: str, bits: int, channels: int | None = No
     cls = ACTIVATION_QUANTIZERS[check_method(method)]
     common = dict(channels=channels, kind=kind, channel_dim=channel_dim, name=name)
     return cls.build(method, bits, groups=groups, candidates=candidates, distance=distance,
-                     bounds=bounds, assignment=assignment, post_norm=post_norm, **common)
+                     bounds=bounds, assignment=assignment, post_norm=post_norm,
+                     include_zero=include_zero, **common)

@@ -63,6 +63,9 @@ class RepQQuantizer(ActivationQuantizer):
             (``kind='channel'``; softmax maps use :class:`LogSqrt2Quantizer`).
         post_norm: calibrate per channel, to be folded.
         percentiles: clipping candidates ``eps`` (percent).
+        include_zero: widen every range to contain 0 and keep the zero point in the
+            code range (this package's choice, as PyTorch's observers); ``False``: the
+            range as found, the zero point unclamped (RepQ-ViT's published quantizer).
 
     Buffers:
         lower, upper: ``[R]`` calibrated bounds, ``R = channels`` when ``post_norm``
@@ -75,8 +78,10 @@ class RepQQuantizer(ActivationQuantizer):
     method = 'repq'
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, name='',
-                 post_norm: bool = False, percentiles: Sequence[float] = REPQ_PERCENTILES):
+                 post_norm: bool = False, percentiles: Sequence[float] = REPQ_PERCENTILES,
+                 include_zero: bool = True):
         super().__init__(bits, channels, kind, channel_dim, name)
+        self.include_zero = bool(include_zero)
         if self.kind != 'channel':
             raise ValueError(f'{self._label()}: RepQQuantizer quantizes channels; softmax '
                              f'maps use LogSqrt2Quantizer')
@@ -92,10 +97,10 @@ class RepQQuantizer(ActivationQuantizer):
 
     @classmethod
     def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
-              post_norm=False, **common):
+              post_norm=False, include_zero=True, **common):
         if common.get('kind') == 'softmax':
             return LogSqrt2Quantizer(bits, **common)
-        return cls(bits, post_norm=post_norm, **common)
+        return cls(bits, post_norm=post_norm, include_zero=include_zero, **common)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """``[R, K]``: one row per channel (``post_norm``) or the whole tensor."""
@@ -104,7 +109,9 @@ class RepQQuantizer(ActivationQuantizer):
         return x.movedim(self.channel_dim, -1).reshape(-1, self.channels).t()
 
     def observe(self, x):
-        self._statistics.add(*clipping_candidates(self._rows(x), self.bits, self.percentiles))
+        x = self.unfolded(x)
+        self._statistics.add(*clipping_candidates(self._rows(x), self.bits, self.percentiles,
+                                                  self.include_zero))
 
     def reset_statistics(self):
         super().reset_statistics()
@@ -118,7 +125,7 @@ class RepQQuantizer(ActivationQuantizer):
 
     def channel_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``([R], [R])`` scale and (integer) zero point of the calibrated bounds."""
-        return qparams_from_bounds(self.lower, self.upper, self.bits)
+        return qparams_from_bounds(self.lower, self.upper, self.bits, self.include_zero)
 
     def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Switch a calibrated ``post_norm`` quantizer to per tensor.
@@ -152,11 +159,13 @@ class RepQQuantizer(ActivationQuantizer):
                                f'after its fold into the LayerNorm (apply_folds); this one '
                                f'was not folded')
         scale, zero = self.channel_qparams()
-        return fake_quantize(x, scale[0], zero[0], self.bits, integer_zero_point=True)
+        return fake_quantize(x, scale[0], zero[0], self.bits,
+                             integer_zero_point=self.include_zero)
 
     def extra_repr(self):
         return (super().extra_repr() + f', post_norm={self.post_norm}, '
-                f'percentiles={self.percentiles}')
+                f'percentiles={self.percentiles}'
+                + ('' if self.include_zero else ', include_zero=False'))
 
 
 class LogSqrt2Quantizer(ActivationQuantizer):

@@ -74,7 +74,7 @@ class WeightQuantizer(ModeSwitchMixin, nn.Module):
         weight would hold a second copy of the model's weights, to save a per-channel
         element-wise pass that is small next to the layer's matmul.
         """
-        if self.mode is not QuantMode.QUANTIZED:
+        if self.mode not in (QuantMode.QUANTIZED, QuantMode.RECALIBRATE):
             return weight
         if not bool(self.calibrated):
             raise RuntimeError('WeightQuantizer used in quantized mode before calibration: '

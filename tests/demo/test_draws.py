@@ -104,6 +104,16 @@ def test_side_by_side_table_of_two_demo_outputs(tmp_path, capsys):
     assert lines[0] == ('| method | bits | plain bbox_mAP | plain kl | variant bbox_mAP | '
                         'variant kl |')
     assert lines[3] == '| igq | W4/A4 | 0.620 ± 0.014 | 0.0100 | 0.590 ± 0.014 | 0.0100 |'
+    # a second folder adds its rows (method, bits) the first lacks
+    extra = [run('igq-reparam', 0, 0.63), run('igq-reparam', 1, 0.65), run('igq', 0, 0.1)]
+    (tmp_path / 'extra').mkdir()
+    (tmp_path / 'extra' / 'results.json').write_text(json.dumps(
+        dict(settings=dict(task='det'), summary=summarize(extra, ['bbox_mAP']), runs=extra)))
+    assert tool.main([f'plain={tmp_path / "plain"},{tmp_path / "extra"}',
+                      '--metrics', 'bbox_mAP']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3] == '| igq | W4/A4 | 0.620 ± 0.014 | 0.0100 |'
+    assert lines[4] == '| igq-reparam | W4/A4 | 0.640 ± 0.014 | 0.0100 |'
     assert tool.main([f'x={tmp_path / "missing"}']) == 2
     assert tool.main(['no-label']) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""The switches to RepQ-ViT's published behaviour (``QuantConfig.repq_published``)."""
+import pytest
+import torch
+
+from igq_plugin import QuantConfig, calibrate_model, quantize_model
+from igq_plugin.quant import QuantMode, qparams_from_bounds
+from igq_plugin.quant.primitives import fake_quantize
+from igq_plugin.quantizers import RepQQuantizer
+
+from ..nn.test_reparam import PAIRS, Net, forward
+
+
+def test_ranges_as_found_keep_the_full_resolution_of_a_positive_range():
+    lower, upper = torch.tensor(2.0), torch.tensor(5.0)
+    scale, zero = qparams_from_bounds(lower, upper, 4, include_zero=False)
+    torch.testing.assert_close(scale, torch.tensor(0.2))
+    assert float(zero) == -10.0  # outside the code range: not clamped
+    x = torch.linspace(2.0, 5.0, 61)
+    error = (fake_quantize(x, scale, zero, 4) - x).abs().max()
+    assert error <= 0.1 + 1e-6  # half a step of 3 / 15
+    widened_scale, _ = qparams_from_bounds(lower, upper, 4)
+    torch.testing.assert_close(widened_scale, torch.tensor(5.0 / 15))
+
+
+def test_repq_quantizer_with_ranges_as_found():
+    x = 2.0 + 3.0 * torch.rand(64, 8, generator=torch.Generator().manual_seed(0))
+    errors = {}
+    for include_zero in (True, False):
+        quantizer = RepQQuantizer(4, channels=8, name='q', include_zero=include_zero)
+        quantizer.mode = QuantMode.CALIBRATE
+        quantizer(x)
+        quantizer.finalize()
+        quantizer.mode = QuantMode.QUANTIZED
+        errors[include_zero] = float((quantizer(x) - x).pow(2).mean())
+    assert errors[False] < 0.5 * errors[True]
+
+
+def test_padding_switch_leaves_padded_tokens_at_zero():
+    batches = [torch.randn(2, 24, 6, generator=torch.Generator().manual_seed(1))]
+    for published, expect_padding in (((), True), (('padding',), False)):
+        model = Net()
+        quantize_model(model, QuantConfig(method='repq', repq_published=published))
+        calibrate_model(model, batches, forward)
+        for linear in PAIRS:
+            padding = model.get_submodule(linear).fold_padding
+            assert (padding is not None) == expect_padding
+
+
+@pytest.mark.parametrize('value', ['range', ('range', 'order'), ('pad',)])
+def test_unknown_switches_are_refused_by_name(value):
+    with pytest.raises(ValueError, match='repq_published=.*allowed are subsets of'):
+        QuantConfig(method='repq', repq_published=value)
