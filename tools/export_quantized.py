@@ -22,7 +22,7 @@ import sys
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from igq_plugin.export import SUFFIX, architecture, file_sizes
+from igq_plugin.export import EXPORTABLE_METHODS, SUFFIX, architecture, file_sizes
 from igq_plugin.mm import IGQCalibrationHook, export_mm_model
 from igq_plugin.mm.state_io import weights_fingerprint
 
@@ -89,6 +89,11 @@ def main(argv=None) -> int:
     if len(hooks) != 1:
         print(f'error: {args.config} has {len(hooks)} IGQCalibrationHook entries in '
               f'custom_hooks; a quantized config has one', file=sys.stderr)
+        return 2
+    method = cfg.model.get('backbone', {}).get('quant', {}).get('method', 'igq')
+    if method not in EXPORTABLE_METHODS:  # before the calibration, not after it
+        print(f'error: method={method!r} cannot be exported: exportable are '
+              f'{EXPORTABLE_METHODS}', file=sys.stderr)
         return 2
     hooks[0].update(save_state=False, export=False,
                     **({'state_file': args.state} if args.state else {}))

@@ -11,6 +11,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..calibration import check_quantized
+from ..export import EXPORTABLE_METHODS
 from ..nn import QuantState, import_state, set_quant_state
 from ..quant import QuantMode, set_mode
 from ..search import DEFAULT_SENSITIVITY, check_sensitivity
@@ -129,6 +130,10 @@ class IGQCalibrationHook(Hook):
         if self.state_file is not None and not osp.isfile(self.state_file):
             raise FileNotFoundError(f'IGQCalibrationHook: state_file={self.state_file!r} '
                                     f'does not exist')
+        if self.export and settings.config.method not in EXPORTABLE_METHODS:
+            raise ValueError(f'IGQCalibrationHook: export=True, but method='
+                             f'{settings.config.method!r} cannot be exported: exportable are '
+                             f'{EXPORTABLE_METHODS}')
         if settings.config.allocates and self.state_file is None:
             check_predictable(model, self.search_rois)
         loads_file = str(runner.cfg.get('load_from') or '').endswith(SUFFIX)

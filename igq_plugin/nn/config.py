@@ -11,7 +11,7 @@ from ..quantizers import (ALLOCATING_METHODS, DEFAULT_CANDIDATES, DEFAULT_PERCEN
                           build_activation_quantizer, check_method)
 
 CALIBRATION_ORDERS = ('float', 'quantized')
-REPQ_PUBLISHED = ('range', 'padding')
+REPQ_PUBLISHED = ('range', 'padding', 'first-weights')
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,11 @@ class QuantConfig:
         repq_published: behaviours of RepQ-ViT's published code to adopt instead of this
             package's choices, for the study of their effect (docs/method.md, section
             8): ``'range'`` (``repq``'s ranges as found, not widened to contain 0, zero
-            points unclamped) and ``'padding'`` (a zero-padded token after a LayerNorm
-            fold is left at 0 rather than mapped to the fold of 0).
+            points unclamped), ``'padding'`` (a zero-padded token after a LayerNorm
+            fold is left at 0 rather than mapped to the fold of 0) and
+            ``'first-weights'`` (the first layer's weights at ``w_bits``; its input stays
+            at ``first_layer_bits``). ``'range'`` acts on ``repq``, ``'padding'`` on
+            the folding methods, ``'first-weights'`` on every method.
     """
 
     method: str = 'igq'

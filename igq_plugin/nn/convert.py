@@ -134,6 +134,8 @@ def _convert_one(name: str, module: nn.Module, parent: nn.Module, config: QuantC
                  types: tuple[frozenset, frozenset], bits: int | None,
                  post_norm: bool = False) -> nn.Module | None:
     w_bits = bits or config.w_bits
+    if bits and 'first-weights' in config.repq_published:  # RepQ-ViT: only its input at 8
+        w_bits = config.w_bits
     a_bits = bits or config.a_bits
     linear_types, conv_types = types
     if type(module) in linear_types:

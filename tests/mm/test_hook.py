@@ -144,6 +144,14 @@ class TestBadInput:
         with pytest.raises(TypeError, match='IGQBackbone'):
             IGQCalibrationHook().before_run(runner)
 
+    @pytest.mark.parametrize('method', ['repq', 'igq-reparam'])
+    def test_export_of_a_method_without_export_is_refused_before_calibration(self, tmp_path,
+                                                                              method):
+        runner = fake_runner(tmp_path, quant=dict(QUANT, method=method))
+        with pytest.raises(ValueError, match=f"export=True, but method='{method}' cannot"):
+            IGQCalibrationHook(export=True).before_run(runner)
+        assert quantization_record(runner.model) is None  # nothing converted
+
     @pytest.mark.parametrize('rois', [0, -5, 2.5, True, '100'])
     def test_search_rois(self, rois):
         with pytest.raises(ValueError, match=f'search_rois={rois!r}: allowed are None'):

@@ -46,6 +46,16 @@ def test_padding_switch_leaves_padded_tokens_at_zero():
             assert (padding is not None) == expect_padding
 
 
+def test_first_weights_switch_keeps_only_the_first_input_at_8_bits():
+    for published, weight_bits in (((), 8), (('first-weights',), 4)):
+        model = Net()
+        quantize_model(model, QuantConfig(method='repq', repq_published=published),
+                       first_layers=('embed',))
+        assert model.embed.weight_quantizer.bits == weight_bits
+        assert model.embed.input_quantizer.bits == 8
+        assert model.head.weight_quantizer.bits == 4
+
+
 @pytest.mark.parametrize('value', ['range', ('range', 'order'), ('pad',)])
 def test_unknown_switches_are_refused_by_name(value):
     with pytest.raises(ValueError, match='repq_published=.*allowed are subsets of'):
