@@ -1,0 +1,38 @@
+"""tools/group_widths.py on a state written by the core API."""
+import importlib.util
+import os.path as osp
+
+import torch
+
+from igq_plugin import QuantConfig, calibrate_model, quantize_model
+from igq_plugin.nn import export_state
+
+from ..nn.test_reparam import Net, forward
+
+
+def load_tool():
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location('group_widths',
+                                                  osp.join(repo, 'tools', 'group_widths.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_group_widths_of_a_calibrated_state(tmp_path, capsys):
+    tool = load_tool()
+    model = Net()
+    quantize_model(model, QuantConfig(method='igq-fixed', groups=4))
+    calibrate_model(model, [torch.randn(2, 24, 6, generator=torch.Generator().manual_seed(1))],
+                    forward)
+    path = tmp_path / 'igq_state.pth'
+    torch.save(export_state(model), path)
+    found = tool.group_widths(torch.load(path, weights_only=False)['buffers'])
+    post_norm = [name for name in found if 'mlp.fc1' in name or 'qkv.input' in name]
+    assert post_norm and all(g == 4 and w.shape == (4,) and bool((w >= 0).all())
+                             for g, w in found.values())
+    assert tool.main([f'toy={path}', '--post-norm', r'(qkv|fc1|reduction)\.input_quantizer\.$',
+                      '--wide', '3']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith('| toy | post-LayerNorm inputs | 5 | 4.0 |')
+    assert lines[3].startswith('| toy | other channel inputs |')
