@@ -159,12 +159,11 @@ def _calibrate(model, config, batches, forward, predictor, progress, sensitivity
                fisher_samples) -> CalibrationReport:
     set_quant_state(model, QuantState.CALIBRATING)
     restore_folds(model)  # a new calibration observes the float weights
-    with torch.no_grad(), quant_mode(model, QuantMode.CALIBRATE):
-        for batch in batches:
-            forward(model, batch)
-    finalize_calibration(model)
+    passes = [QuantMode.CALIBRATE]
     if config.calibration_order == 'quantized':  # again, on quantized upstream activations
-        with torch.no_grad(), quant_mode(model, QuantMode.RECALIBRATE):
+        passes.append(QuantMode.RECALIBRATE)
+    for mode in passes:
+        with torch.no_grad(), quant_mode(model, mode):
             for batch in batches:
                 forward(model, batch)
         finalize_calibration(model)

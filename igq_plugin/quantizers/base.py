@@ -64,9 +64,13 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         op_cost: cost of the consuming operation, recorded by the layer wrapper in
             ``CALIBRATE`` mode (:meth:`record_cost`); ``None`` until then.
         last_input_shape: shape of the last calibration input (for the cost model).
+        post_norm: whether the quantizer folds its input's channel scales into the
+            LayerNorm before it (``repq``, ``igq-reparam``); such a quantizer has the
+            ``folded`` buffer and ``fold_factors()``.
     """
 
     method = 'base'
+    post_norm = False
 
     def __init__(self, bits: int, channels: int | None = None, kind: str = 'channel',
                  channel_dim: int = -1, name: str = ''):
@@ -167,7 +171,7 @@ class ActivationQuantizer(ModeSwitchMixin, nn.Module):
         channels while the fold ``(r, b)`` is applied to the weights (the ``RECALIBRATE``
         pass of a folding method), else ``x``; so a folding quantizer's statistics are
         always of the unfolded input."""
-        if not getattr(self, 'post_norm', False) or not bool(self.folded):
+        if not self.post_norm or not bool(self.folded):
             return x
         ratio, shift = self.fold_factors()
         shape = [1] * x.dim()
