@@ -2,6 +2,7 @@
 """The deployment check of the demo models: export, delete the float weights, evaluate.
 
     python tools/deploy_demo.py --models mask-rcnn upernet-vit --bits 4 6
+    python tools/deploy_demo.py --variant pretrained-like --method igq-reparam --bits 4
 
 For every demo model and bit-width, with the stock ``tools/test.py`` of mmdet / mmseg
 run as a user runs it (a subprocess each):
@@ -13,8 +14,10 @@ run as a user runs it (a subprocess each):
 3. deployed: ``test.py QUANT_CONFIG model.igq.safetensors`` (no float checkpoint
    anywhere in the run directory, no calibration).
 
-Writes ``deploy.json`` and ``deploy.md`` (metrics of 1 and 3, file sizes against
-float16) to ``--out``.
+``--method`` picks the exported method (``igq`` by default) and ``--variant`` the float
+checkpoint (the demo model, or its pretrained-like stress variant, made by
+``tools/make_pretrained_like.py`` on first use). Writes ``deploy.json`` and ``deploy.md``
+(metrics of 1 and 3, file sizes against float16) to ``--out``.
 """
 import argparse
 import glob
@@ -25,8 +28,9 @@ import shutil
 import subprocess
 import sys
 
-from igq_demo.demo import DemoSettings, prepare_data
+from igq_demo.demo import VARIANTS, DemoSettings, prepare_data, variant_checkpoint
 from igq_demo.tasks import task_of
+from igq_plugin.export import EXPORTABLE_METHODS
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -56,20 +60,29 @@ def test_metrics(work_dir: str, metrics: dict) -> dict:
     return {name: values[key] for name, key in metrics.items()}
 
 
-def check_one(model: str, bits: int, out: str) -> dict:
+def run_label(model: str, bits: int, method: str, variant: str) -> str:
+    """``mask-rcnn_w4a4`` (igq, plain), ``mask-rcnn_pretrained-like_igq-reparam_w4a4``."""
+    parts = [model] + ([variant] if variant != 'plain' else []) + \
+        ([method] if method != 'igq' else [])
+    return '_'.join(parts + [f'w{bits}a{bits}'])
+
+
+def check_one(model: str, bits: int, out: str, method: str = 'igq',
+              variant: str = 'plain') -> dict:
     task = task_of(model)
     spec = task.models[model]
-    options = ['--cfg-options', f'model.backbone.quant.w_bits={bits}',
-               f'model.backbone.quant.a_bits={bits}']
+    checkpoint = variant_checkpoint(DemoSettings(task=task.name, model=model, variant=variant))
+    options = ['--cfg-options', f'model.backbone.quant.method={method}',
+               f'model.backbone.quant.w_bits={bits}', f'model.backbone.quant.a_bits={bits}']
     test = stock_test_script(task.name)
-    run_dir = osp.join(out, f'{model}_w{bits}a{bits}')
+    run_dir = osp.join(out, run_label(model, bits, method, variant))
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     python = sys.executable
-    run([python, test, spec.quant_config, spec.checkpoint, '--work-dir',
+    run([python, test, spec.quant_config, checkpoint, '--work-dir',
          osp.join(run_dir, 'fake-quant'), *options], osp.join(run_dir, 'fake-quant.log'))
     float_copy = osp.join(run_dir, 'float.pth')
-    shutil.copyfile(spec.checkpoint, float_copy)
+    shutil.copyfile(checkpoint, float_copy)
     exported = osp.join(run_dir, 'model.igq.safetensors')
     sizes_json = osp.join(run_dir, 'sizes.json')
     run([python, 'tools/export_quantized.py', spec.quant_config, float_copy, exported,
@@ -80,19 +93,21 @@ def check_one(model: str, bits: int, out: str) -> dict:
          osp.join(run_dir, 'deployed'), *options], osp.join(run_dir, 'deployed.log'))
     with open(sizes_json) as handle:
         sizes = json.load(handle)
-    return dict(model=model, bits=bits,
+    return dict(model=model, bits=bits, method=method, variant=variant,
                 fake_quant=test_metrics(osp.join(run_dir, 'fake-quant'), task.metrics),
                 deployed=test_metrics(osp.join(run_dir, 'deployed'), task.metrics),
                 sizes=sizes)
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ['| model | W/A | metric | fake-quant | from the file | file MiB | '
-             'backbone+neck / float16 | whole / float16 |', '|---|---|---|---|---|---|---|---|']
+    lines = ['| model | method | W/A | metric | fake-quant | from the file | file MiB | '
+             'backbone+neck / float16 | whole / float16 |',
+             '|---|---|---|---|---|---|---|---|---|']
     for row in rows:
         sizes = row['sizes']
+        model = row['model'] + (f' ({row["variant"]})' if row['variant'] != 'plain' else '')
         for metric, value in row['fake_quant'].items():
-            lines.append(f'| {row["model"]} | {row["bits"]}/{row["bits"]} | {metric} | '
+            lines.append(f'| {model} | {row["method"]} | {row["bits"]}/{row["bits"]} | {metric} | '
                          f'{value:.4g} | {row["deployed"][metric]:.4g} | '
                          f'{sizes["file_bytes"] / 2**20:.2f} | '
                          f'{sizes["backbone_neck_ratio"]:.3f} | {sizes["whole_ratio"]:.3f} |')
@@ -105,17 +120,19 @@ def main(argv=None) -> int:
     parser.add_argument('--models', nargs='+', default=['mask-rcnn', 'upernet-vit'],
                         choices=MODELS)
     parser.add_argument('--bits', nargs='+', type=int, default=[4, 6], choices=[4, 6, 8])
+    parser.add_argument('--method', default='igq', choices=EXPORTABLE_METHODS)
+    parser.add_argument('--variant', default='plain', choices=VARIANTS)
     parser.add_argument('--out', default='work_dirs/deploy')
     args = parser.parse_args(argv)
     for model in args.models:
-        settings = DemoSettings(task=task_of(model).name, model=model)
+        settings = DemoSettings(task=task_of(model).name, model=model, variant=args.variant)
         settings.validate()
         prepare_data(settings)
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for model in args.models:
         for bits in args.bits:
-            rows.append(check_one(model, bits, args.out))
+            rows.append(check_one(model, bits, args.out, args.method, args.variant))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     with open(osp.join(args.out, 'deploy.json'), 'w') as handle:
         json.dump(rows, handle, indent=1)

@@ -19,6 +19,7 @@ count, draw 0). Then:
    rounding alone moves the metrics of this model.
 
     python tools/executor_check.py --model mask-rcnn upernet-vit --onnx
+    python tools/executor_check.py --variant pretrained-like --method igq-reparam --onnx
 """
 from __future__ import annotations
 
@@ -33,11 +34,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from igq_demo.demo import VARIANTS, DemoSettings, variant_checkpoint
 from igq_demo.evaluation import load_config, prepared_runner
 from igq_demo.tasks import TASKS
 from igq_plugin.integer import (IntegerConv2d, IntegerLinear, activation_codes,
                                 dequantize_codes, to_integer_model)
+from igq_plugin.export import EXPORTABLE_METHODS
 from igq_plugin.nn import QuantConv2d, QuantLinear
+from igq_plugin.nn.layers import fill_fold_padding
 from igq_plugin.mm import calibrate_mm_model, take_calibration_batches
 from igq_plugin.mm.calibration_data import (build_calibration_source, draw_calibration_batches,
                                             train_images_dataloader)
@@ -57,6 +61,10 @@ def parse_args(argv=None):
                         help='largest max|integer - fake-quant| / max|fake-quant| per layer')
     parser.add_argument('--onnx', action='store_true',
                         help='also evaluate the backbone + neck exported to ONNX')
+    parser.add_argument('--method', default='igq', choices=EXPORTABLE_METHODS,
+                        help='the quantized method (default: the configs\' igq)')
+    parser.add_argument('--variant', default='plain', choices=VARIANTS,
+                        help='the demo model, or its pretrained-like stress variant')
     parser.add_argument('--out', default='work_dirs/executor_check')
     return parser.parse_args(argv)
 
@@ -97,6 +105,7 @@ def per_layer_check(model, batches) -> dict[str, dict]:
         with torch.no_grad():
             for x, instances in inputs:
                 quantizer.num_instances = instances
+                x = fill_fold_padding(x, getattr(layer, 'fold_padding', None))  # igq-reparam
                 x_hat = quantizer(x)
                 same_codes &= torch.equal(dequantize_codes(activation_codes(quantizer, x),
                                                            instances), x_hat)
@@ -162,14 +171,16 @@ def extracted(model, batches) -> list[torch.Tensor]:
 
 
 def check_model(name: str, data: str | None, out: str, layer_images: int,
-                with_onnx: bool) -> dict:
+                with_onnx: bool, method: str = 'igq', variant: str = 'plain') -> dict:
     task, model = MODELS[name]
     root = (data or task.default_data).rstrip('/') + '/'
     options = dict(task.data_options(root), log_level='WARNING',
                    **{'test_dataloader.num_workers': 0,
-                      'test_dataloader.persistent_workers': False})
+                      'test_dataloader.persistent_workers': False,
+                      'model.backbone.quant.method': method})
     cfg = load_config(model.quant_config, options)
-    runner = prepared_runner(cfg, model.checkpoint, osp.join(out, name))
+    checkpoint = variant_checkpoint(DemoSettings(task=task.name, model=name, variant=variant))
+    runner = prepared_runner(cfg, checkpoint, osp.join(out, name))
     train_images = build_calibration_source(train_images_dataloader(cfg.train_dataloader,
                                                                     cfg.test_dataloader))
     calibrate_mm_model(runner.model, draw_calibration_batches(train_images, None, runner.model),
@@ -200,7 +211,8 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
                            integer=integer[key], onnx=onnx_metrics.get(key),
                            integer_diff_unit=abs(integer[key] - fake[key]) / scale,
                            float64_diff_unit=abs(fake64[key] - fake[key]) / scale)
-    return dict(model=name, metrics=rows, layers=record.counts(), per_layer=layers,
+    return dict(model=name, method=method, variant=variant, metrics=rows,
+                layers=record.counts(), per_layer=layers,
                 feature_differences=differences, fake_quant_seconds=fake_seconds,
                 integer_seconds=integer_seconds)
 
@@ -211,7 +223,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     results, failed = [], False
     for name in args.model:
-        result = check_model(name, args.data, args.out, args.layer_images, args.onnx)
+        result = check_model(name, args.data, args.out, args.layer_images, args.onnx,
+                             args.method, args.variant)
         results.append(result)
         layers = result['per_layer']
         worst = max(row['max_relative_error'] for row in layers.values())

@@ -36,7 +36,9 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIG = 'configs/demo/igq-w4a4_mask-rcnn_swin-demo-p4-w7_fpn_synthetic-coco.py'
 DEFAULT_CHECKPOINT = 'demo_models/mask-rcnn_swin-demo.pth'
-METHODS = ('igq', 'igq-fixed', 'per-tensor', 'static-group')
+# igq_plugin.export.ONNX_EXPORTABLE_METHODS (the arguments are parsed before the repository
+# is on sys.path)
+METHODS = ('igq', 'igq-reparam', 'igq-fixed', 'per-tensor', 'static-group')
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,6 +23,12 @@ quantizer           tensors (``Q.<name>``)          record
                     quantizer per channel)
 ==================  ==============================  ===================================
 
+An ``igq`` quantizer of ``method='igq-reparam'`` on a post-LayerNorm input also has
+``fold_ratio`` and ``fold_shift`` ``[C]`` float32 (its fold ``x' = x / r - b``) and
+``fold: true`` in its record. The fold itself is already in the file's LayerNorm and
+projection parameters, so a consumer quantizes the input it receives as any ``igq``
+input; the two tensors let a reloaded model be re-calibrated or compared.
+
 Every record also has ``type``, ``bits`` and ``channels``. Scales and zero points are
 redundant with the bounds (``qparams_from_bounds``) and written for consumers that do
 not re-derive them; the loader checks that they agree, which catches a file edited or
@@ -38,7 +44,9 @@ from ..quant.primitives import qparams_from_bounds
 from ..quantizers import (ActivationQuantizer, FixedRangeQuantizer, IGQQuantizer,
                           PerTensorQuantizer, StaticGroupQuantizer)
 
-# quantizer class -> the ``type`` of its record (``igq`` covers ``igq-fixed`` too)
+FOLD_TENSORS = ('fold_ratio', 'fold_shift')
+# quantizer class -> the ``type`` of its record (``igq`` covers ``igq-fixed`` and
+# ``igq-reparam`` too)
 EXPORTABLE = {IGQQuantizer: 'igq', PerTensorQuantizer: 'per-tensor',
               StaticGroupQuantizer: 'static-group', FixedRangeQuantizer: 'fixed-range'}
 
@@ -49,8 +57,9 @@ def exportable_type(quantizer: ActivationQuantizer, name: str) -> str:
         if type(quantizer) is cls:
             return kind
     raise ValueError(f'{name}: {type(quantizer).__name__} (method {quantizer.method!r}) cannot '
-                     f'be exported: exportable are the methods igq, igq-fixed, per-tensor and '
-                     f'static-group (and the fixed pixel range of the first layer)')
+                     f'be exported: exportable are the methods igq, igq-reparam, igq-fixed, '
+                     f'per-tensor and static-group (and the fixed pixel range of the first '
+                     f'layer)')
 
 
 def _with_qparams(lower: torch.Tensor, upper: torch.Tensor, bits: int,
@@ -79,6 +88,14 @@ def activation_entry(quantizer: ActivationQuantizer, name: str
             centre_lower, centre_upper = quantizer.active_centres()
             tensors.update(centre_lower=centre_lower.detach().float().cpu().clone(),
                            centre_upper=centre_upper.detach().float().cpu().clone())
+        if quantizer.post_norm:
+            if not bool(quantizer.folded):
+                raise ValueError(f'{name}: its LayerNorm fold is not applied to the weights; '
+                                 f'calibrate the model (or load its state) before exporting')
+            ratio, shift = quantizer.fold_factors()
+            tensors.update(fold_ratio=ratio.detach().float().cpu().clone(),
+                           fold_shift=shift.detach().float().cpu().clone())
+            record.update(fold=True)
         return tensors, record
     if kind == 'per-tensor':
         return _with_qparams(quantizer.lower, quantizer.upper, quantizer.bits), record
@@ -96,6 +113,8 @@ def _check_record(quantizer: ActivationQuantizer, name: str, record: dict) -> No
     if kind == 'igq':
         own.update(assignment=quantizer.assignment, distance=quantizer.distance)
     differ = {k: (record.get(k), v) for k, v in own.items() if record.get(k) != v}
+    if kind == 'igq' and record.get('fold', False) != quantizer.post_norm:
+        differ['fold'] = (record.get('fold', False), quantizer.post_norm)
     if differ:
         raise ValueError(f'{name}: the file quantizes it differently from this model '
                          f'(file, model): {differ}')
@@ -136,13 +155,27 @@ def check_activation_entry(quantizer: ActivationQuantizer, name: str,
                 'fixed-range': getattr(quantizer, 'lower', None)}[kind]
         size, prefix = (size if isinstance(size, int) else size.numel()), ''
         expected = {'lower', 'upper', 'scale', 'zero_point'}
-    if set(tensors) != expected:
+    fold = set(FOLD_TENSORS) if record.get('fold') else set()
+    if set(tensors) != expected | fold:
         raise ValueError(f'{name}: the file has tensors {sorted(tensors)}; a {kind} '
-                         f'quantizer needs {sorted(expected)}')
-    wrong = {k: tuple(t.shape) for k, t in tensors.items() if tuple(t.shape) != (size,)}
+                         f'quantizer needs {sorted(expected | fold)}')
+    wrong = {k: tuple(t.shape) for k, t in tensors.items()
+             if k in expected and tuple(t.shape) != (size,)}
     if wrong:
         raise ValueError(f'{name}: tensors {wrong} should each have shape ({size},)')
     _check_qparams(tensors, name, record['bits'], prefix)
+    if fold:
+        _check_fold(tensors, name, quantizer.channels)
+
+
+def _check_fold(tensors: dict[str, torch.Tensor], name: str, channels: int) -> None:
+    ratio, shift = (tensors[k] for k in FOLD_TENSORS)
+    if tuple(ratio.shape) != (channels,) or tuple(shift.shape) != (channels,):
+        raise ValueError(f'{name}: fold_ratio {tuple(ratio.shape)} and fold_shift '
+                         f'{tuple(shift.shape)} should each have shape ({channels},)')
+    if not (bool(torch.isfinite(ratio).all()) and bool((ratio > 0).all())
+            and bool(torch.isfinite(shift).all())):
+        raise ValueError(f'{name}: fold_ratio must be finite and positive, fold_shift finite')
 
 
 def restore_activation_entry(quantizer: ActivationQuantizer, tensors: dict[str, torch.Tensor],
@@ -169,4 +202,7 @@ def restore_activation_entry(quantizer: ActivationQuantizer, tensors: dict[str, 
             quantizer.channel_upper.copy_(tensors['upper'])
         else:
             quantizer.set_range(tensors['lower'], tensors['upper'])
+        if record.get('fold'):  # marked applied by nn.mark_folds_applied (the caller)
+            quantizer.fold_ratio.copy_(tensors['fold_ratio'])
+            quantizer.fold_shift.copy_(tensors['fold_shift'])
         quantizer.calibrated.fill_(True)

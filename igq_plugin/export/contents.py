@@ -8,6 +8,11 @@
   float, heads), under its state-dict name. A float tensor is stored as float16 when
   that is lossless (e.g. a model loaded from a float16 checkpoint), else as it is.
 
+A model of ``method='igq-reparam'`` is written with its folds applied: the LayerNorms'
+affines and the projections' weights and biases are the folded ones, and a bias the
+fold added to a projection that had none is listed in the header's ``fold_biases``
+(it is not part of the float architecture).
+
 :func:`check_contents` and :func:`restore_contents` are the reverse: every entry is
 checked against the model before any tensor of the model is changed.
 """
@@ -19,14 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import QuantState, quantizer_buffers, require_record
+from ..nn import (QuantState, add_fold_biases, fold_bias_names, mark_folds_applied,
+                  quantization_record, quantizer_buffers, require_record)
 from ..nn.model_quantizers import activation_quantizers
 from .activations import (activation_entry, check_activation_entry, exportable_type,
                           restore_activation_entry)
 from .weights import (WEIGHT_TENSORS, check_weight_entry, dequantized_weight,
                       quantized_weights, restore_weight_entry, weight_entry)
 
-EXPORTABLE_METHODS = ('igq', 'igq-fixed', 'per-tensor', 'static-group')
+EXPORTABLE_METHODS = ('igq', 'igq-reparam', 'igq-fixed', 'per-tensor', 'static-group')
 
 
 def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -35,10 +41,17 @@ def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in skip}
 
 
+def _fold_biases(model: nn.Module) -> list[str]:
+    record = quantization_record(model)
+    return [] if record is None else sorted(record.fold_biases)
+
+
 def architecture(model: nn.Module) -> dict[str, list[int]]:
     """Name and shape of every float tensor of the model as a float model (the
-    quantized weights included, quantizer buffers not): the file's architecture."""
-    shapes = {k: list(v.shape) for k, v in float_state(model).items()}
+    quantized weights included; quantizer buffers and the biases a fold added not):
+    the file's architecture."""
+    added = set(_fold_biases(model))
+    shapes = {k: list(v.shape) for k, v in float_state(model).items() if k not in added}
     shapes.update({name: list(parameter.shape)
                    for name, (parameter, _) in quantized_weights(model).items()})
     return dict(sorted(shapes.items()))
@@ -98,6 +111,8 @@ def model_contents(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
                   architecture_fingerprint=architecture_fingerprint(shapes),
                   float_tensors=sorted(float_state(model)), weights=weights,
                   activations=activations)
+    if record.folds:
+        header['fold_biases'] = _fold_biases(model)
     return tensors, header
 
 
@@ -129,7 +144,8 @@ def check_architecture(model: nn.Module, header: dict[str, Any], path: str) -> N
     shapes = architecture(model)
     if architecture_fingerprint(shapes) == header['architecture_fingerprint']:
         return
-    saved = {k: None for k in header['float_tensors']}
+    added = set(header.get('fold_biases', []))
+    saved = {k: None for k in header['float_tensors'] if k not in added}
     saved.update({k: None for k in header['weights']})
     problems = _name_differences('tensors', saved, shapes)
     if not problems:
@@ -156,8 +172,11 @@ def check_contents(model: nn.Module, tensors: dict[str, torch.Tensor],
     if problems:
         raise ValueError(f'{path!r} quantizes other layers than this model: '
                          f'{"; ".join(problems)}')
-    own_float = float_state(model)
+    _check_fold_biases(model, tensors, header, path)
+    own_float, added = float_state(model), set(header.get('fold_biases', []))
     for name in header['float_tensors']:
+        if name in added:
+            continue
         if name not in tensors or tensors[name].shape != own_float[name].shape:
             raise ValueError(f'{path!r}: float tensor {name!r} is missing or has another shape')
     weights = {}
@@ -174,9 +193,33 @@ def check_contents(model: nn.Module, tensors: dict[str, torch.Tensor],
     return weights
 
 
+def _check_fold_biases(model: nn.Module, tensors: dict[str, torch.Tensor],
+                       header: dict[str, Any], path: str) -> None:
+    """The biases a fold added must be biases of this model's folded projections, each
+    ``[out]`` in the file and listed among its float tensors."""
+    added = header.get('fold_biases', [])
+    if not added:
+        return
+    weights = fold_bias_names(model)
+    for name in added:
+        if name not in weights or name not in header['float_tensors'] or name not in tensors:
+            raise ValueError(f'{path!r}: fold bias {name!r} is not the bias of a folded '
+                             f'projection of this model, or is missing from the file')
+        rows = model.get_parameter(weights[name]).shape[0]
+        if tuple(tensors[name].shape) != (rows,):
+            raise ValueError(f'{path!r}: fold bias {name!r} has shape '
+                             f'{tuple(tensors[name].shape)}; expected ({rows},)')
+
+
 def restore_contents(model: nn.Module, tensors: dict[str, torch.Tensor],
                      header: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
-    """Fill a converted model from checked contents (:func:`check_contents`)."""
+    """Fill a converted model from checked contents (:func:`check_contents`).
+
+    The parameters of a file with folds are the folded ones: they are marked applied
+    (no float parameter is kept to restore)."""
+    record = require_record(model)
+    record.fold_originals.clear()  # the model's parameters now come from the file
+    add_fold_biases(model, header.get('fold_biases', []))
     own_float = float_state(model)
     with torch.no_grad():
         for name in header['float_tensors']:
@@ -185,3 +228,4 @@ def restore_contents(model: nn.Module, tensors: dict[str, torch.Tensor],
         restore_weight_entry(parameter, quantizer, weights[name], _weight_tensors(tensors, name))
     for name, quantizer in activation_quantizers(model).items():
         restore_activation_entry(quantizer, _entries(tensors, name), header['activations'][name])
+    mark_folds_applied(model)

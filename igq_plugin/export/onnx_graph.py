@@ -15,9 +15,11 @@ exporter (``torch.export``, then onnxscript) or, with ``dynamo=False``, the Torc
 exporter; both give the same operators. ``onnx.checker.check_model(full_check=True)``
 checks the written file.
 
-Exportable methods: :data:`ONNX_EXPORTABLE_METHODS`. ``upper-bound`` is refused (one
-range per item computed per instance: a ceiling, not a deployable quantizer), and so
-is ``repq`` (its log2 softmax quantizer and LayerNorm fold have no export rule here).
+Exportable methods: :data:`ONNX_EXPORTABLE_METHODS`. ``igq-reparam``'s LayerNorm fold is
+in the parameters (and a folded Swin projection's padding token is a ``Where``), so its
+quantizers export as ``igq``'s. ``upper-bound`` is refused (one range per item computed
+per instance: a ceiling, not a deployable quantizer), and so is ``repq`` (its log2
+softmax quantizer has no export rule here).
 """
 from __future__ import annotations
 
@@ -38,11 +40,11 @@ from .onnx_quantizers import CodeRecorder, export_module, export_quantizers
 from .onnx_weights import fake_quantized_weights, insert_dequantize_nodes, quantized_weights
 
 OPSET = 21  # DequantizeLinear with uint4 codes and per-axis parameters
-ONNX_EXPORTABLE_METHODS = ('igq', 'igq-fixed', 'per-tensor', 'static-group')
+ONNX_EXPORTABLE_METHODS = ('igq', 'igq-reparam', 'igq-fixed', 'per-tensor', 'static-group')
 _WHY_NOT = {
     'upper-bound': 'it computes one range per item on every instance (the accuracy '
                    'ceiling of grouping), not a deployable quantizer',
-    'repq': "RepQ-ViT's log2 softmax quantizer and LayerNorm fold have no export rule",
+    'repq': "RepQ-ViT's log2 softmax quantizer has no export rule",
 }
 _PREFIX = 'model.'  # parameter names of the exported wrapper module
 

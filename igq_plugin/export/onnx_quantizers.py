@@ -208,8 +208,9 @@ class ExportGroupQuantizer(ExportMode, nn.Module):
         if self.recorder is not None:
             self.recorder.add(self.name, 'input', x)
             self.recorder.add(self.name, 'codes', codes.reshape(x.shape))
-            self.recorder.add(self.name, 'groups',
-                              _gather(self.order, position) if self.cover else position)
+            if self.groups > 1:  # with G=1 the groups are a constant the exporter folds away
+                self.recorder.add(self.name, 'groups',
+                                  _gather(self.order, position) if self.cover else position)
         return out.reshape(x.shape)
 
     def extra_repr(self) -> str:

@@ -78,8 +78,8 @@ def export_quantized(model: nn.Module, path: str, meta: dict[str, Any] | None = 
     """Write a calibrated model to ``path`` (``*.igq.safetensors``).
 
     Args:
-        model: a calibrated model (method ``igq``, ``igq-fixed``, ``per-tensor`` or
-            ``static-group``).
+        model: a calibrated model (method ``igq``, ``igq-reparam``, ``igq-fixed``,
+            ``per-tensor`` or ``static-group``).
         path: the file to write; it must end with ``.igq.safetensors``. It is
             written to a temporary file first, so a failed export leaves what was there.
         meta: JSON-serialisable provenance; ``None``: what the model was loaded with

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..nn import QuantConv2d, QuantLinear
+from ..nn.layers import fill_fold_padding
 from ..quant.mode import QuantMode
 from ..quant.primitives import qmax
 from .codes import check_supported, group_assignment, instance_groups, weight_codes
@@ -94,13 +95,12 @@ class IntegerLinear(_IntegerLayer):
         if not isinstance(layer, QuantLinear):
             raise TypeError(f'IntegerLinear.from_quantized needs a QuantLinear; got '
                             f'{type(layer).__name__}')
-        if layer.fold_padding is not None:
-            raise ValueError('IntegerLinear: a layer with a LayerNorm fold (RepQ-ViT\'s '
-                             "reparameterization: method 'repq' or 'igq-reparam') has no "
-                             'integer form')
         module = cls()
         module.in_features, module.out_features = layer.in_features, layer.out_features
         module._set_weight(layer, backend, conv=False)
+        # igq-reparam's fold: the token standing for a zero-padded one (QuantLinear.forward)
+        fold_padding = None if layer.fold_padding is None else layer.fold_padding.clone()
+        module.register_buffer('fold_padding', fold_padding, persistent=False)
         output_quantizer = getattr(layer, 'output_quantizer', None)
         if output_quantizer is not None:
             module.output_quantizer = output_quantizer
@@ -111,6 +111,7 @@ class IntegerLinear(_IntegerLayer):
         _check_runnable(self)
         if x.numel() == 0:
             return x.new_empty(x.shape[:-1] + (self.out_features,))
+        x = fill_fold_padding(x, self.fold_padding)  # as QuantLinear.forward
         quantizer = self.input_quantizer
         assignment = group_assignment(quantizer, x)
         instances = quantizer.num_instances or x.shape[0]

@@ -9,7 +9,8 @@ from .lifecycle import (QuantizationRecord, QuantState, float_run, quantization_
                         require_record, set_quant_state)
 from .model_quantizers import (activation_quantizers, float_layer_count, igq_quantizers,
                                quantized_layer_count, reset_statistics, set_num_instances)
-from .reparam import apply_folds, post_norm_linears, restore_folds
+from .reparam import (add_fold_biases, apply_folds, fold_bias_names, mark_folds_applied,
+                      post_norm_linears, restore_folds)
 from .state import STATE_FORMAT, export_state, import_state, quantizer_buffers
 
 __all__ = [
@@ -19,7 +20,7 @@ __all__ = [
     'QKVQuantizer', 'QuantConv2d', 'QuantLinear', 'QuantSoftmax', 'WeightQuantizedLayer',
     'QuantizationRecord', 'QuantState', 'float_run', 'quantization_record', 'require_record',
     'set_quant_state', 'activation_quantizers', 'float_layer_count', 'igq_quantizers',
-    'quantized_layer_count', 'reset_statistics', 'set_num_instances', 'apply_folds',
-    'post_norm_linears', 'restore_folds', 'STATE_FORMAT', 'export_state', 'import_state',
-    'quantizer_buffers'
+    'quantized_layer_count', 'reset_statistics', 'set_num_instances', 'add_fold_biases',
+    'apply_folds', 'fold_bias_names', 'mark_folds_applied', 'post_norm_linears', 'restore_folds',
+    'STATE_FORMAT', 'export_state', 'import_state', 'quantizer_buffers'
 ]

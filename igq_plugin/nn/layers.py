@@ -33,6 +33,20 @@ class WeightQuantizedLayer:
         raise NotImplementedError
 
 
+def fill_fold_padding(x: torch.Tensor, token: torch.Tensor | None) -> torch.Tensor:
+    """``x`` ``[..., C]`` with every all-zero token replaced by ``token`` ``[C]`` (``x``
+    itself when ``token`` is ``None``).
+
+    A LayerNorm output is never exactly 0 in every channel; a token that is was padded
+    after the folded LayerNorm (Swin's windows) and stands for 0 in the unfolded input,
+    i.e. for ``token = -b`` after the fold (:mod:`igq_plugin.nn.reparam`).
+    """
+    if token is None:
+        return x
+    padded = (x == 0).all(dim=-1, keepdim=True)
+    return torch.where(padded, token.to(x.dtype), x)
+
+
 class QuantLinear(WeightQuantizedLayer, nn.Linear):
     """``nn.Linear`` with per-channel weight and grouped input-activation quantizers.
 
@@ -69,12 +83,7 @@ class QuantLinear(WeightQuantizedLayer, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B', ..., in_features]`` -> ``[B', ..., out_features]``."""
-        if self.fold_padding is not None:
-            # A LayerNorm output is never exactly 0 in every channel; a token that is was
-            # padded after the folded LayerNorm (Swin's windows) and stands for 0 in the
-            # unfolded input, i.e. for ``-b`` after the fold.
-            padded = (x == 0).all(dim=-1, keepdim=True)
-            x = torch.where(padded, self.fold_padding.to(x.dtype), x)
+        x = fill_fold_padding(x, self.fold_padding)
         tokens = x.numel() // self.in_features
         _record_cost(self.input_quantizer, tokens * self.in_features * self.out_features,
                      tokens * self.out_features, self.weight_quantizer.bits)

@@ -48,9 +48,11 @@ class QuantizationRecord:
         state: the life-cycle state.
         float_runs: depth of nested :func:`float_run` blocks.
         folds: ``{linear: layernorm}`` names of the post-LayerNorm inputs whose
-            per-channel scales ``method='repq'`` folds into the weights
+            per-channel scales ``repq`` / ``igq-reparam`` fold into the weights
             (:mod:`.reparam`).
         fold_originals: the float parameters an applied fold replaced, by name.
+        fold_biases: names of the bias parameters a fold added (the float model's
+            projection had none); not part of the float architecture.
         include, exclude, instance_roots: the parts converted, those left in float and
             the modules that receive whole images (``quantize_model``'s arguments, so
             that a saved model can be converted again the same way).
@@ -65,6 +67,7 @@ class QuantizationRecord:
     float_runs: int = 0
     folds: dict[str, str] = field(default_factory=dict)
     fold_originals: dict = field(default_factory=dict)
+    fold_biases: list[str] = field(default_factory=list)
     include: tuple[str, ...] = ('',)
     exclude: tuple[str, ...] = ()
     instance_roots: tuple[str, ...] = ('',)

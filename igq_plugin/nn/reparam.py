@@ -28,14 +28,16 @@ squared error of 0.023].
 
 The fold is recorded only in the quantizer's buffers (and the state file): loading a
 state refolds the float weights from them (:func:`apply_folds`), and a new calibration
-first restores the float weights (:func:`restore_folds`).
+first restores the float weights (:func:`restore_folds`). A quantized-model file holds
+the folded parameters themselves; loading it only marks the folds applied
+(:func:`add_fold_biases`, :func:`mark_folds_applied`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .lifecycle import quantization_record
+from .lifecycle import quantization_record, require_record
 
 # (norm child, branch children, what in the branch takes the norm's output)
 _BLOCK_PATTERNS = (
@@ -105,6 +107,24 @@ def post_norm_linears(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
+def _set_padding_token(linear: nn.Module, shift: torch.Tensor, config) -> None:
+    """Let a folded ``QuantLinear`` read an all-zero token as the fold of 0 (see the
+    module doc), unless the study switch ``repq_published`` asks for the published
+    behaviour."""
+    if hasattr(linear, 'fold_padding') and 'padding' not in config.repq_published:
+        linear.fold_padding = -shift
+
+
+def fold_bias_names(model: nn.Module) -> dict[str, str]:
+    """``{bias parameter name: weight parameter name}`` of every folded projection
+    (``L.bias: L.weight``, ``M.in_proj_bias: M.in_proj_weight``)."""
+    names = {}
+    for name in require_record(model).folds:
+        _, weight_attr, bias_attr = _projection(model.get_submodule(name))
+        names[f'{name}.{bias_attr}'] = f'{name}.{weight_attr}'
+    return names
+
+
 def restore_folds(model: nn.Module) -> None:
     """Put back the float LayerNorm / Linear parameters of every applied fold, and mark
     the folding quantizers unfolded."""
@@ -127,6 +147,8 @@ def restore_folds(model: nn.Module) -> None:
             module = model.get_submodule(module_name)
             if original is None:  # a bias the fold created
                 setattr(module, attr, None)
+                if name in record.fold_biases:
+                    record.fold_biases.remove(name)
             else:
                 getattr(module, attr).copy_(original)
     record.fold_originals.clear()
@@ -168,12 +190,58 @@ def apply_folds(model: nn.Module) -> int:
             weight = getattr(linear, weight_attr)  # [out, C]
             weight.mul_(ratio)
             compensation = weight @ shift
-            if hasattr(linear, 'fold_padding') and \
-                    'padding' not in record.config.repq_published:  # see the module doc
-                linear.fold_padding = -shift
+            _set_padding_token(linear, shift, record.config)
             if getattr(linear, bias_attr) is None:
                 setattr(linear, bias_attr, nn.Parameter(compensation))
+                record.fold_biases.append(f'{linear_name}.{bias_attr}')
             else:
                 getattr(linear, bias_attr).add_(compensation)
             applied += 1
     return applied
+
+
+def add_fold_biases(model: nn.Module, names: list[str]) -> None:
+    """Give each folded projection in ``names`` (bias parameter names, from
+    :func:`fold_bias_names`) the bias a fold adds where the float model has none, as
+    zeros, so that a loaded file's values can be copied into it.
+
+    Raises:
+        ValueError: a name that is not the bias of a folded projection (nothing changed).
+    """
+    record, weights = require_record(model), fold_bias_names(model)
+    unknown = [name for name in names if name not in weights]
+    if unknown:
+        raise ValueError(f'{unknown[:3]} are not biases of folded projections; this model '
+                         f'has {sorted(weights)[:3]}...')
+    for name in names:
+        module_name, _, bias_attr = name.rpartition('.')
+        projection = model.get_submodule(module_name)
+        if getattr(projection, bias_attr) is None:
+            weight = model.get_parameter(weights[name])
+            setattr(projection, bias_attr, nn.Parameter(weight.new_zeros(weight.shape[0])))
+        if name not in record.fold_biases:
+            record.fold_biases.append(name)
+
+
+def mark_folds_applied(model: nn.Module) -> int:
+    """Mark the folds of a model whose parameters already hold them (a loaded
+    quantized-model file) as applied: every calibrated folding quantizer is marked
+    folded and its projection gets the padding token of its fold. No parameter changes,
+    and no float parameter is kept (:func:`restore_folds` has nothing to restore).
+
+    Returns:
+        The number of folds marked.
+    """
+    record = quantization_record(model)
+    if record is None:
+        return 0
+    marked = 0
+    for linear_name in record.folds:
+        linear = model.get_submodule(linear_name)
+        quantizer = _projection(linear)[0]
+        if not bool(quantizer.calibrated):
+            continue
+        _, shift = quantizer.fold()
+        _set_padding_token(linear, shift, record.config)
+        marked += 1
+    return marked

@@ -177,7 +177,8 @@ def test_refuses_float_uncalibrated_and_unexportable_models(tmp_path):
                                              f"exportable are"):
             export_onnx(model, (images,), str(path))
     assert not path.exists()
-    assert set(ONNX_EXPORTABLE_METHODS) == {'igq', 'igq-fixed', 'per-tensor', 'static-group'}
+    assert set(ONNX_EXPORTABLE_METHODS) == {'igq', 'igq-reparam', 'igq-fixed', 'per-tensor',
+                                           'static-group'}
 
 
 def test_check_exportable_names_an_uncalibrated_quantizer():
@@ -208,3 +209,14 @@ def test_timm_vit_through_the_core_api(tmp_path):
     assert all(c.code_mismatches == 0 and c.group_mismatches == 0 for c in comparisons)
     with torch.no_grad():
         assert relative_error(outputs['output_0'], model(images)) <= OUTPUT_RTOL
+
+
+def test_export_tool_offers_every_exportable_method():
+    import importlib.util
+    import os.path as osp
+    path = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools',
+                    'export_onnx.py')
+    spec = importlib.util.spec_from_file_location('export_onnx_tool', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.METHODS == ONNX_EXPORTABLE_METHODS

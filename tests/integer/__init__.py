@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from igq_plugin.nn import QuantConv2d, QuantLinear
+from igq_plugin.nn.layers import fill_fold_padding
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -31,7 +32,8 @@ def capture_layers(model, run):
         if type(module) in (QuantLinear, QuantConv2d):
             def hook(mod, args, output, name=name):
                 if getattr(mod, 'output_quantizer', None) is not None:
-                    output = F.linear(mod.input_quantizer(args[0]),
+                    x = fill_fold_padding(args[0], getattr(mod, 'fold_padding', None))
+                    output = F.linear(mod.input_quantizer(x),
                                       mod.weight_quantizer(mod.weight), mod.bias)
                 captured.setdefault(name, []).append(
                     (args[0].detach().clone(), output.detach().clone(),

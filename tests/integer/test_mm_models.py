@@ -13,10 +13,12 @@ from tests.integer import RELATIVE_TOLERANCE, capture_layers, replay_errors  # n
 from tests.mm.tiny_models import tiny_batches, tiny_model_cfg  # noqa: E402
 
 
-def test_tiny_detector_layers_agree_and_it_predicts():
+@pytest.mark.parametrize('method', ['igq-fixed', 'igq-reparam'])
+def test_tiny_detector_layers_agree_and_it_predicts(method):
+    """igq-reparam: the folded projections, stage 4's padded windows among them."""
     init_default_scope('mmdet')
     torch.manual_seed(0)
-    quant = dict(method='igq-fixed', w_bits=4, a_bits=4, groups=4, candidates=(1, 4))
+    quant = dict(method=method, w_bits=4, a_bits=4, groups=4, candidates=(1, 4))
     model = MODELS.build(tiny_model_cfg(quant=quant)).eval()
     quantize_mm_model(model)
     batches = tiny_batches(model, 3)
@@ -27,7 +29,9 @@ def test_tiny_detector_layers_agree_and_it_predicts():
         fake = model.extract_feat(inputs)
     record = to_integer_model(model)
     assert sum(1 for n in record.layers if n.startswith('neck.')) == 8  # lateral + FPN
-    assert all(record.methods[n] in ('igq-fixed', 'fixed-range') for n in record.layers)
+    assert all(record.methods[n] in (method, 'fixed-range') for n in record.layers)
+    folded = [n for n, m in model.named_modules() if getattr(m, 'fold_padding', None) is not None]
+    assert bool(folded) == (method == 'igq-reparam')
     errors = replay_errors(model, captured)
     assert max(errors.values()) <= RELATIVE_TOLERANCE, errors
     with torch.no_grad():

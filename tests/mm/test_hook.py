@@ -144,7 +144,7 @@ class TestBadInput:
         with pytest.raises(TypeError, match='IGQBackbone'):
             IGQCalibrationHook().before_run(runner)
 
-    @pytest.mark.parametrize('method', ['repq', 'igq-reparam'])
+    @pytest.mark.parametrize('method', ['repq', 'upper-bound'])
     def test_export_of_a_method_without_export_is_refused_before_calibration(self, tmp_path,
                                                                               method):
         runner = fake_runner(tmp_path, quant=dict(QUANT, method=method))

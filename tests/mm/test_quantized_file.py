@@ -33,12 +33,9 @@ def fake_runner(tmp_path, quant=QUANT, seed=0, **model_changes):
                                  val_loop=types.SimpleNamespace(dataloader=None))
 
 
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    """The tiny detector calibrated by the hook (igq, allocated), exported by it."""
-    init_default_scope('mmdet')
-    work = tmp_path_factory.mktemp('work')
-    runner = fake_runner(work)
+def calibrate_and_export(work, quant=QUANT):
+    """A tiny detector calibrated by the hook, exported by it to ``work``."""
+    runner = fake_runner(work, quant=quant)
     batches = tiny_batches(runner.model, count=1)
     original = hook_module.draw_calibration_batches, hook_module.build_calibration_source
     hook_module.draw_calibration_batches = lambda *a: batches
@@ -50,6 +47,13 @@ def exported(tmp_path_factory):
     finally:
         hook_module.draw_calibration_batches, hook_module.build_calibration_source = original
     return runner, batches, str(work / 'model.igq.safetensors')
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """The tiny detector calibrated by the hook (igq, allocated), exported by it."""
+    init_default_scope('mmdet')
+    return calibrate_and_export(tmp_path_factory.mktemp('work'))
 
 
 def load_through_hook(runner, path, hook=None):
@@ -81,6 +85,19 @@ def test_checkpoint_loader_evaluates_the_file_without_calibrating(exported, tmp_
 def test_model_is_rebuilt_from_the_file_alone(exported):
     calibrated, batches, path = exported
     model = load_mm_quantized(path)
+    with torch.no_grad():
+        ours = model.extract_feat(batches[0]['inputs'])
+        theirs = calibrated.model.extract_feat(batches[0]['inputs'])
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_igq_reparam_detector_is_rebuilt_from_the_file_alone(tmp_path):
+    """The folded LayerNorms, projections and padding tokens come back from the file."""
+    calibrated, batches, path = calibrate_and_export(tmp_path,
+                                                     dict(QUANT, method='igq-reparam'))
+    model = load_mm_quantized(path)
+    assert quantization_record(model).folds == quantization_record(calibrated.model).folds
     with torch.no_grad():
         ours = model.extract_feat(batches[0]['inputs'])
         theirs = calibrated.model.extract_feat(batches[0]['inputs'])
