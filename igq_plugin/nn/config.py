@@ -11,7 +11,7 @@ from ..quantizers import (ALLOCATING_METHODS, DEFAULT_CANDIDATES, DEFAULT_PERCEN
                           build_activation_quantizer, check_method)
 
 CALIBRATION_ORDERS = ('float', 'quantized')
-REPQ_PUBLISHED = ('range', 'padding', 'first-weights')
+REPQ_PUBLISHED = ('range', 'padding', 'first-weights', 'one-batch')
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,11 @@ class QuantConfig:
             points unclamped), ``'padding'`` (a zero-padded token after a LayerNorm
             fold is left at 0 rather than mapped to the fold of 0) and
             ``'first-weights'`` (the first layer's weights at ``w_bits``; its input stays
-            at ``first_layer_bits``). ``'range'`` acts on ``repq``, ``'padding'`` on
-            the folding methods, ``'first-weights'`` on every method.
+            at ``first_layer_bits``) and ``'one-batch'`` (``repq``'s percentile search
+            runs once over the activations of every calibration image kept together,
+            as over the one batch of the published code, instead of per image with the
+            bounds averaged). ``'range'`` and ``'one-batch'`` act on ``repq``,
+            ``'padding'`` on the folding methods, ``'first-weights'`` on every method.
     """
 
     method: str = 'igq'
@@ -123,10 +126,13 @@ class QuantConfig:
         """Build this config's activation quantizer for one layer named ``name``
         (``post_norm``: the input of a Linear that follows a LayerNorm)."""
         groups = self.groups if channels is None else min(self.groups, channels)
-        return build_activation_quantizer(self.method, bits, channels, kind, channel_dim,
-                                          groups, self.candidates, self.distance, self.bounds,
-                                          self.assignment, name=name, post_norm=post_norm,
-                                          include_zero='range' not in self.repq_published)
+        quantizer = build_activation_quantizer(
+            self.method, bits, channels, kind, channel_dim, groups, self.candidates,
+            self.distance, self.bounds, self.assignment, name=name, post_norm=post_norm,
+            include_zero='range' not in self.repq_published)
+        if 'one-batch' in self.repq_published and hasattr(quantizer, 'one_batch'):
+            quantizer.one_batch = True  # RepQ-ViT's quantizers (a study switch)
+        return quantizer
 
     def as_dict(self) -> dict:
         """The settings as plain values (for state files and logs)."""

@@ -14,7 +14,9 @@ RepQ-ViT (Li et al., ICCV 2023) quantizes
 
 With several calibration batches, each candidate's MSE is summed over the batches and
 the winner's bounds are averaged over them [choice: the paper calibrates on one batch;
-statistics are kept, never the activations].
+statistics are kept, never the activations]. ``one_batch = True`` (the study switch
+``QuantConfig(repq_published=['one-batch'])``) keeps every batch's activations instead
+and searches once over all of them, as over the one batch of RepQ-ViT's code.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class RepQQuantizer(ActivationQuantizer):
     """
 
     method = 'repq'
+    one_batch = False  # search once over every batch's kept activations (study switch)
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, name='',
                  post_norm: bool = False, percentiles: Sequence[float] = REPQ_PERCENTILES,
@@ -94,6 +97,7 @@ class RepQQuantizer(ActivationQuantizer):
         self.register_buffer('fold_scale', torch.ones(()))
         self.register_buffer('fold_zero', torch.zeros(()))
         self._statistics = _CandidateStatistics()
+        self._kept: list[torch.Tensor] = []  # one_batch: every batch's [R, K] rows
 
     @classmethod
     def build(cls, method, bits, *, groups, candidates, distance, bounds, assignment,
@@ -109,16 +113,25 @@ class RepQQuantizer(ActivationQuantizer):
         return x.movedim(self.channel_dim, -1).reshape(-1, self.channels).t()
 
     def observe(self, x):
-        x = self.unfolded(x)
-        self._statistics.add(*clipping_candidates(self._rows(x), self.bits, self.percentiles,
+        rows = self._rows(self.unfolded(x))
+        if self.one_batch:
+            self._kept.append(rows.detach().float().cpu())
+            return
+        self._statistics.add(*clipping_candidates(rows, self.bits, self.percentiles,
                                                   self.include_zero))
 
     def reset_statistics(self):
         super().reset_statistics()
         self._statistics = _CandidateStatistics()
+        self._kept = []
 
     def compute_parameters(self):
-        lower, upper = self._statistics.best(self.observed_batches)
+        if self.one_batch:  # one search over every kept activation
+            self._statistics = _CandidateStatistics()
+            self._statistics.add(*clipping_candidates(torch.cat(self._kept, dim=1), self.bits,
+                                                      self.percentiles, self.include_zero))
+        batches = 1 if self.one_batch else self.observed_batches
+        lower, upper = self._statistics.best(batches)
         self.lower.copy_(lower)
         self.upper.copy_(upper)
         self.folded.fill_(False)
@@ -179,6 +192,7 @@ class LogSqrt2Quantizer(ActivationQuantizer):
     """
 
     method = 'repq'
+    one_batch = False  # as RepQQuantizer.one_batch
 
     def __init__(self, bits, channels=None, kind='softmax', channel_dim=-1, name='',
                  percentiles: Sequence[float] = REPQ_PERCENTILES):
@@ -188,9 +202,16 @@ class LogSqrt2Quantizer(ActivationQuantizer):
         self.percentiles = check_percentiles(percentiles)
         self.register_buffer('delta', torch.ones(()))
         self._error = self._delta = None
+        self._kept: list[torch.Tensor] = []
 
     def observe(self, x):
-        values = x.reshape(-1).float().sort().values
+        if self.one_batch:
+            self._kept.append(x.detach().reshape(-1).float().cpu())
+            return
+        self._add_candidates(x.reshape(-1).float().sort().values)
+
+    def _add_candidates(self, values: torch.Tensor) -> None:
+        """Add every candidate's MSE and ``delta`` on sorted ``values`` ``[N]``."""
         errors, deltas = [], []
         for eps in self.percentiles:
             delta = sorted_percentile(values[None], 100.0 - eps)[0]
@@ -207,9 +228,15 @@ class LogSqrt2Quantizer(ActivationQuantizer):
     def reset_statistics(self):
         super().reset_statistics()
         self._error = self._delta = None
+        self._kept = []
 
     def compute_parameters(self):
-        self.delta.copy_(self._delta[self._error.argmin()] / self.observed_batches)
+        batches = self.observed_batches
+        if self.one_batch:
+            self._error = self._delta = None
+            self._add_candidates(torch.cat(self._kept).sort().values)
+            batches = 1
+        self.delta.copy_(self._delta[self._error.argmin()] / batches)
 
     def quantize(self, x):
         return log_sqrt2_fake_quantize(x, self.delta.to(x.dtype), self.bits)

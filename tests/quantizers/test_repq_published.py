@@ -5,7 +5,8 @@ import torch
 from igq_plugin import QuantConfig, calibrate_model, quantize_model
 from igq_plugin.quant import QuantMode, qparams_from_bounds
 from igq_plugin.quant.primitives import fake_quantize
-from igq_plugin.quantizers import RepQQuantizer
+from igq_plugin.nn import activation_quantizers
+from igq_plugin.quantizers import LogSqrt2Quantizer, RepQQuantizer
 
 from ..nn.test_reparam import PAIRS, Net, forward
 
@@ -54,6 +55,46 @@ def test_first_weights_switch_keeps_only_the_first_input_at_8_bits():
         assert model.embed.weight_quantizer.bits == weight_bits
         assert model.embed.input_quantizer.bits == 8
         assert model.head.weight_quantizer.bits == 4
+
+
+def _calibrated(quantizer, batches):
+    quantizer.mode = QuantMode.CALIBRATE
+    for batch in batches:
+        quantizer(batch)
+    quantizer.finalize()
+    return quantizer
+
+
+@pytest.mark.parametrize('kind', ['channel', 'softmax'])
+def test_one_batch_searches_once_over_every_batch(kind):
+    """'one-batch': two batches calibrate as their concatenation in one batch does; the
+    default averages per-batch bounds, which differs when the batches differ."""
+    generator = torch.Generator().manual_seed(2)
+    if kind == 'channel':
+        batches = [torch.randn(1, 50, 8, generator=generator) * scale for scale in (1.0, 4.0)]
+        build = lambda: RepQQuantizer(4, channels=8, name='q', post_norm=True)  # noqa: E731
+        bounds = lambda q: (q.lower.clone(), q.upper.clone())  # noqa: E731
+    else:
+        batches = [torch.softmax(torch.randn(1, 2, 10, 10, generator=generator) * scale, -1)
+                   for scale in (1.0, 5.0)]
+        build = lambda: LogSqrt2Quantizer(4, name='q')  # noqa: E731
+        bounds = lambda q: (q.delta.clone(),)  # noqa: E731
+    one = build()
+    one.one_batch = True
+    together = _calibrated(build(), [torch.cat(batches)])
+    for a, b in zip(bounds(_calibrated(one, batches)), bounds(together)):
+        torch.testing.assert_close(a, b)
+    averaged = bounds(_calibrated(build(), batches))
+    assert not all(torch.allclose(a, b) for a, b in zip(averaged, bounds(together)))
+
+
+def test_one_batch_switch_reaches_repq_quantizers_only():
+    for method, expected in (('repq', True), ('igq', False)):
+        model = Net()
+        quantize_model(model, QuantConfig(method=method, repq_published=['one-batch']))
+        flags = {getattr(q, 'one_batch', False) for q in activation_quantizers(model).values()
+                 if q.method == method}
+        assert flags == {expected}
 
 
 @pytest.mark.parametrize('value', ['range', ('range', 'order'), ('pad',)])
