@@ -17,6 +17,9 @@ count, draw 0). Then:
    at the val images' fixed size, the heads in PyTorch) and the integer executor
    (:func:`igq_plugin.integer.to_integer_model`). The float64 twin shows how far
    rounding alone moves the metrics of this model.
+3. **Group choices near a tie**, per kind of layer input: the share of items (channels
+   of one image) whose group under the ``cover`` rule changes when an end of its range
+   moves by 2^-20 of itself, as another runtime's rounding upstream can move it.
 
     python tools/executor_check.py --model mask-rcnn upernet-vit --onnx
     python tools/executor_check.py --variant pretrained-like --method igq-reparam --onnx
@@ -28,6 +31,7 @@ import contextlib
 import json
 import os
 import os.path as osp
+import re
 import sys
 import time
 
@@ -40,7 +44,9 @@ from igq_demo.tasks import TASKS
 from igq_plugin.integer import (IntegerConv2d, IntegerLinear, activation_codes,
                                 dequantize_codes, to_integer_model)
 from igq_plugin.export import EXPORTABLE_METHODS
+from igq_plugin.grouping import assign_covering
 from igq_plugin.nn import QuantConv2d, QuantLinear
+from igq_plugin.quantizers import IGQQuantizer
 from igq_plugin.nn.layers import fill_fold_padding
 from igq_plugin.mm import calibrate_mm_model, take_calibration_batches
 from igq_plugin.mm.calibration_data import (build_calibration_source, draw_calibration_batches,
@@ -91,6 +97,44 @@ def layer_inputs(model, batches) -> dict[str, list]:
         for hook in hooks:
             hook.remove()
     return captured
+
+
+# A relative move of an item's range that two runtimes' roundings of the same GELU or
+# LayerNorm can exceed (about 8 float32 steps).
+NEAR_TIE = 2.0 ** -20
+_LAYER_KINDS = (('MLP fc2 (after GELU)', r'(ffn\.layers\.1|mlp\.fc2)$'),
+                ('post-LayerNorm', r'(qkv|ffn\.layers\.0\.0|mlp\.fc1|reduction)$'),
+                ('other', r''))
+
+
+def near_ties(model, batches) -> dict[str, list[int]]:
+    """``{layer kind: [items, items near a tie]}`` over the IGQ inputs (G > 1, ``cover``
+    rule) of every quantized Linear / Conv2d: an item is near a tie when moving either
+    end of its range by :data:`NEAR_TIE` (relative) changes its group, i.e. when another
+    runtime's rounding upstream can give it another group."""
+    counts: dict[str, list[int]] = {}
+    for name, inputs in layer_inputs(model, batches).items():
+        layer = model.get_submodule(name)
+        quantizer = layer.input_quantizer
+        if not isinstance(quantizer, IGQQuantizer) or int(quantizer.groups) == 1 or \
+                quantizer.assignment != 'cover':
+            continue
+        kind = next(k for k, pattern in _LAYER_KINDS if re.search(pattern, name))
+        group_lower, group_upper = quantizer.active_ranges()
+        total = counts.setdefault(kind, [0, 0])
+        for x, instances in inputs:
+            quantizer.num_instances = instances
+            lower, upper = quantizer.item_ranges(
+                fill_fold_padding(x, getattr(layer, 'fold_padding', None)))
+            choice = assign_covering(lower, upper, group_lower, group_upper)
+            moved = torch.zeros_like(choice, dtype=torch.bool)
+            for step_lower, step_upper in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                moved |= assign_covering(lower + step_lower * NEAR_TIE * lower.abs(),
+                                         upper + step_upper * NEAR_TIE * upper.abs(),
+                                         group_lower, group_upper) != choice
+            total[0] += choice.numel()
+            total[1] += int(moved.sum())
+    return counts
 
 
 def per_layer_check(model, batches) -> dict[str, dict]:
@@ -187,6 +231,7 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
                        progress=None)
     batches = take_calibration_batches(runner.test_dataloader, layer_images, runner.model)
     layers = per_layer_check(runner.model, batches)
+    ties = near_ties(runner.model, batches)
     features = {'fake-quant': extracted(runner.model, batches)}
     fake, fake_seconds = evaluate(runner)
     with quantized_parts_in_float64(runner.model):
@@ -212,7 +257,7 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
                            integer_diff_unit=abs(integer[key] - fake[key]) / scale,
                            float64_diff_unit=abs(fake64[key] - fake[key]) / scale)
     return dict(model=name, method=method, variant=variant, metrics=rows,
-                layers=record.counts(), per_layer=layers,
+                layers=record.counts(), per_layer=layers, near_ties=ties,
                 feature_differences=differences, fake_quant_seconds=fake_seconds,
                 integer_seconds=integer_seconds)
 
@@ -233,6 +278,9 @@ def main(argv=None) -> int:
         print(f'{name} per layer: {codes}/{len(layers)} layers with identical codes and '
               f'groups; largest output error {worst:.2e} (tolerance {args.layer_tolerance})',
               flush=True)
+        print(f'{name} group choices near a tie ({NEAR_TIE:.1e} relative): ' + ', '.join(
+            f'{kind} {100 * near / max(items, 1):.2f} % of {items}'
+            for kind, (items, near) in result['near_ties'].items()), flush=True)
         for label, row in result['metrics'].items():
             onnx = '' if row['onnx'] is None else f', ONNX {row["onnx"]:.4f}'
             print(f'{name} {label}: fake-quant {row["fake_quant"]:.4f}, its float64 twin '
