@@ -23,7 +23,7 @@ class QuantConfig:
             per-tensor with percentile ranges, post-LayerNorm scales folded into the
             weights, log2 softmax), ``static-group``, ``igq-fixed``, ``igq`` (with
             allocation), ``igq-reparam`` (``igq`` after RepQ-ViT's fold of the
-            post-LayerNorm inputs' static per-channel spread; not exportable) or
+            post-LayerNorm inputs' static per-channel spread; deployed like ``igq``) or
             ``upper-bound``.
         w_bits: weight bit-width (per output channel).
         a_bits: activation bit-width.
