@@ -5,6 +5,7 @@ bias-free ``reduction`` (the fold adds its bias). Outputs are compared with floa
 tolerances (the same arithmetic in another summation order), codes exactly.
 """
 import copy
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from igq_plugin import export_quantized, load_quantized
 from igq_plugin.export import read_header
+from igq_plugin.export.quantized_file import METADATA_KEY, content_hash
 from igq_plugin.integer import IntegerLinear, to_integer_model
 from igq_plugin.nn import igq_quantizers, quantization_record
 
@@ -69,12 +71,10 @@ def test_reexport_of_the_loaded_model_is_byte_identical(exported, tmp_path):
 
 def _edited(path, tmp_path, edit):
     """A copy of the file with ``edit(tensors, header)`` applied (hash recomputed)."""
-    from igq_plugin.export.quantized_file import METADATA_KEY, content_hash
     tensors, header = load_file(path), read_header(path)
     edit(tensors, header)
     header['content_sha256'] = content_hash(tensors)
     target = str(tmp_path / 'edited.igq.safetensors')
-    import json
     save_file(tensors, target, metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
     return target
 
