@@ -1,23 +1,18 @@
 """tools/classify_imagenet.py end to end on a tiny generated ImageNet-format folder."""
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 import torch
 
+from tests.tool_loader import load_tool as load_named_tool
+
 timm = pytest.importorskip('timm')
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # timm architectures at a size the CPU evaluates in seconds
 MODEL_ARGS = ['num_classes=3', 'img_size=32', 'depth=2']
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'classify_imagenet', osp.join(REPO, 'tools', 'classify_imagenet.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_named_tool('classify_imagenet')
 
 
 def make_folder(root, classes=3, train=4, val=2, size=40):

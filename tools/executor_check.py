@@ -107,13 +107,14 @@ _LAYER_KINDS = (('MLP fc2 (after GELU)', r'(ffn\.layers\.1|mlp\.fc2)$'),
                 ('other', r''))
 
 
-def near_ties(model, batches) -> dict[str, list[int]]:
+def near_ties(model, inputs: dict[str, list]) -> dict[str, list[int]]:
     """``{layer kind: [items, items near a tie]}`` over the IGQ inputs (G > 1, ``cover``
     rule) of every quantized Linear / Conv2d: an item is near a tie when moving either
     end of its range by :data:`NEAR_TIE` (relative) changes its group, i.e. when another
-    runtime's rounding upstream can give it another group."""
+    runtime's rounding upstream can give it another group. ``inputs``: from
+    :func:`layer_inputs`."""
     counts: dict[str, list[int]] = {}
-    for name, inputs in layer_inputs(model, batches).items():
+    for name, calls in inputs.items():
         layer = model.get_submodule(name)
         quantizer = layer.input_quantizer
         if not isinstance(quantizer, IGQQuantizer) or int(quantizer.groups) == 1 or \
@@ -122,7 +123,7 @@ def near_ties(model, batches) -> dict[str, list[int]]:
         kind = next(k for k, pattern in _LAYER_KINDS if re.search(pattern, name))
         group_lower, group_upper = quantizer.active_ranges()
         total = counts.setdefault(kind, [0, 0])
-        for x, instances in inputs:
+        for x, instances in calls:
             quantizer.num_instances = instances
             lower, upper = quantizer.item_ranges(
                 fill_fold_padding(x, getattr(layer, 'fold_padding', None)))
@@ -137,17 +138,18 @@ def near_ties(model, batches) -> dict[str, list[int]]:
     return counts
 
 
-def per_layer_check(model, batches) -> dict[str, dict]:
-    """Codes and outputs of every integer layer against its fake-quant layer."""
+def per_layer_check(model, inputs: dict[str, list]) -> dict[str, dict]:
+    """Codes and outputs of every integer layer against its fake-quant layer, on the
+    inputs :func:`layer_inputs` captured."""
     rows = {}
-    for name, inputs in layer_inputs(model, batches).items():
+    for name, calls in inputs.items():
         layer = model.get_submodule(name)
         integer = (IntegerLinear if isinstance(layer, QuantLinear) else IntegerConv2d
                    ).from_quantized(layer)
         integer.output_quantizer = None  # Q/K/V: compare the layer's own output
         quantizer, worst, same_codes = layer.input_quantizer, 0.0, True
         with torch.no_grad():
-            for x, instances in inputs:
+            for x, instances in calls:
                 quantizer.num_instances = instances
                 x = fill_fold_padding(x, getattr(layer, 'fold_padding', None))  # igq-reparam
                 x_hat = quantizer(x)
@@ -230,8 +232,10 @@ def check_model(name: str, data: str | None, out: str, layer_images: int,
     calibrate_mm_model(runner.model, draw_calibration_batches(train_images, None, runner.model),
                        progress=None)
     batches = take_calibration_batches(runner.test_dataloader, layer_images, runner.model)
-    layers = per_layer_check(runner.model, batches)
-    ties = near_ties(runner.model, batches)
+    inputs = layer_inputs(runner.model, batches)
+    layers = per_layer_check(runner.model, inputs)
+    ties = near_ties(runner.model, inputs)
+    del inputs
     features = {'fake-quant': extracted(runner.model, batches)}
     fake, fake_seconds = evaluate(runner)
     with quantized_parts_in_float64(runner.model):

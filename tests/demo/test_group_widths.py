@@ -1,26 +1,16 @@
 """tools/group_widths.py on a state written by the core API."""
-import importlib.util
-import os.path as osp
-
 import torch
 
 from igq_plugin import QuantConfig, calibrate_model, quantize_model
 from igq_plugin.nn import export_state
 
+from tests.tool_loader import load_tool
+
 from ..nn.test_reparam import Net, forward
 
 
-def load_tool():
-    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location('group_widths',
-                                                  osp.join(repo, 'tools', 'group_widths.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_group_widths_of_a_calibrated_state(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool('group_widths')
     model = Net()
     quantize_model(model, QuantConfig(method='igq-fixed', groups=4))
     calibrate_model(model, [torch.randn(2, 24, 6, generator=torch.Generator().manual_seed(1))],
@@ -41,7 +31,7 @@ def test_group_widths_of_a_calibrated_state(tmp_path, capsys):
 
 
 def test_codes_lost_to_zero_of_one_sided_groups():
-    tool = load_tool()
+    tool = load_tool('group_widths')
     buffers = {'q.candidate_groups': torch.tensor([2]), 'q.groups': torch.tensor(2),
                'q.group_lower': torch.tensor([[-1.0, 5.0]]),
                'q.group_upper': torch.tensor([[1.0, 50.0]])}

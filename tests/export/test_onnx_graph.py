@@ -21,6 +21,7 @@ from igq_plugin.export.onnx_graph import (ONNX_EXPORTABLE_METHODS, check_exporta
 from igq_plugin.export.onnx_weights import quantized_weights
 from igq_plugin.nn import activation_quantizers
 
+from tests.tool_loader import load_tool
 from tests.toy_models import TinyViT, toy_images
 
 # What the issue allows: no custom op, no domain other than the default one.
@@ -212,11 +213,4 @@ def test_timm_vit_through_the_core_api(tmp_path):
 
 
 def test_export_tool_offers_every_exportable_method():
-    import importlib.util
-    import os.path as osp
-    path = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools',
-                    'export_onnx.py')
-    spec = importlib.util.spec_from_file_location('export_onnx_tool', path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.METHODS == ONNX_EXPORTABLE_METHODS
+    assert load_tool('export_onnx').METHODS == ONNX_EXPORTABLE_METHODS

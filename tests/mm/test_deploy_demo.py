@@ -1,21 +1,18 @@
 """Deployment end to end on the demo models (slow): export, delete the float checkpoint,
 evaluate with the stock tools/test.py, compare with the fake-quant evaluation."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
+
+from tests.tool_loader import load_tool
 
 pytestmark = pytest.mark.slow
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def deploy_tool():
-    spec = importlib.util.spec_from_file_location('deploy_demo',
-                                                  osp.join(REPO, 'tools', 'deploy_demo.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('deploy_demo')
 
 
 @pytest.mark.parametrize('model, method, variant', [
