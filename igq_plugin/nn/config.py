@@ -11,7 +11,8 @@ from ..quantizers import (ALLOCATING_METHODS, DEFAULT_CANDIDATES, DEFAULT_PERCEN
                           build_activation_quantizer, check_method)
 
 CALIBRATION_ORDERS = ('float', 'quantized')
-REPQ_PUBLISHED = ('range', 'padding', 'first-weights', 'one-batch')
+REPQ_PUBLISHED = ('range', 'padding', 'first-weights')
+REPQ_SEARCHES = ('one-batch', 'per-batch')
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,14 @@ class QuantConfig:
             points unclamped), ``'padding'`` (a zero-padded token after a LayerNorm
             fold is left at 0 rather than mapped to the fold of 0) and
             ``'first-weights'`` (the first layer's weights at ``w_bits``; its input stays
-            at ``first_layer_bits``) and ``'one-batch'`` (``repq``'s percentile search
-            runs once over the activations of every calibration image kept together,
-            as over the one batch of the published code, instead of per image with the
-            bounds averaged). ``'range'`` and ``'one-batch'`` act on ``repq``,
-            ``'padding'`` on the folding methods, ``'first-weights'`` on every method.
+            at ``first_layer_bits``). ``'range'`` acts on ``repq``, ``'padding'`` on the
+            folding methods, ``'first-weights'`` on every method.
+        repq_search: how ``repq``'s percentile search treats several calibration
+            batches: ``'one-batch'`` (default, as RepQ-ViT's code, which calibrates on
+            one batch: every batch's activations are kept and searched once together)
+            or ``'per-batch'`` (each batch searched on its own, the winners' bounds
+            averaged; only statistics are kept, for calibration sets whose activations
+            do not fit in memory).
     """
 
     method: str = 'igq'
@@ -73,6 +77,7 @@ class QuantConfig:
     weight_percentiles: Sequence[float] | None = None
     calibration_order: str = 'float'
     repq_published: Sequence[str] = ()
+    repq_search: str = 'one-batch'
 
     def __post_init__(self):
         check_method(self.method)
@@ -90,6 +95,9 @@ class QuantConfig:
             raise ValueError(f'repq_published={self.repq_published!r}: allowed are subsets of '
                              f'{REPQ_PUBLISHED}')
         object.__setattr__(self, 'repq_published', published)
+        if self.repq_search not in REPQ_SEARCHES:
+            raise ValueError(f'repq_search={self.repq_search!r} is not supported: allowed are '
+                             f'{REPQ_SEARCHES}')
         if self.bounds not in GROUP_BOUNDS:
             raise ValueError(f'bounds={self.bounds!r} is not supported: allowed are {GROUP_BOUNDS}')
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
@@ -130,8 +138,8 @@ class QuantConfig:
             self.method, bits, channels, kind, channel_dim, groups, self.candidates,
             self.distance, self.bounds, self.assignment, name=name, post_norm=post_norm,
             include_zero='range' not in self.repq_published)
-        if 'one-batch' in self.repq_published and hasattr(quantizer, 'one_batch'):
-            quantizer.one_batch = True  # RepQ-ViT's quantizers (a study switch)
+        if hasattr(quantizer, 'one_batch'):  # RepQ-ViT's quantizers
+            quantizer.one_batch = self.repq_search == 'one-batch'
         return quantizer
 
     def as_dict(self) -> dict:

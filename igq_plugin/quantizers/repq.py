@@ -12,11 +12,12 @@ RepQ-ViT (Li et al., ICCV 2023) quantizes
 - the softmax output with a log2 quantizer of sqrt(2) resolution, its largest value
   ``delta`` chosen among the same percentiles by MSE (:class:`LogSqrt2Quantizer`).
 
-With several calibration batches, each candidate's MSE is summed over the batches and
-the winner's bounds are averaged over them [choice: the paper calibrates on one batch;
-statistics are kept, never the activations]. ``one_batch = True`` (the study switch
-``QuantConfig(repq_published=['one-batch'])``) keeps every batch's activations instead
-and searches once over all of them, as over the one batch of RepQ-ViT's code.
+With several calibration batches, every batch's activations are kept and the search
+runs once over all of them, as over the one batch of RepQ-ViT's code (``one_batch =
+True``, the default). ``one_batch = False`` (``QuantConfig(repq_search='per-batch')``)
+keeps statistics only: each candidate's MSE is summed over the batches and the winner's
+bounds are averaged over them [choice, for calibration sets whose activations do not fit
+in memory; on held-out images it is the weaker, docs/method.md, section 8].
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class RepQQuantizer(ActivationQuantizer):
     """
 
     method = 'repq'
-    one_batch = False  # search once over every batch's kept activations (study switch)
+    one_batch = True  # search once over every batch's kept activations (else per batch)
 
     def __init__(self, bits, channels=None, kind='channel', channel_dim=-1, name='',
                  post_norm: bool = False, percentiles: Sequence[float] = REPQ_PERCENTILES,
@@ -192,7 +193,7 @@ class LogSqrt2Quantizer(ActivationQuantizer):
     """
 
     method = 'repq'
-    one_batch = False  # as RepQQuantizer.one_batch
+    one_batch = True  # as RepQQuantizer.one_batch
 
     def __init__(self, bits, channels=None, kind='softmax', channel_dim=-1, name='',
                  percentiles: Sequence[float] = REPQ_PERCENTILES):

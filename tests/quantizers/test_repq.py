@@ -99,22 +99,37 @@ def test_log_sqrt2_quantizer_takes_the_lowest_mse_percentile_delta():
     assert levels.numel() <= 17 and float(levels[0]) == 0.0  # 16 codes and the zero
 
 
-def test_several_batches_sum_the_errors_and_average_the_winning_bounds():
-    x = outlier_tokens(seed=1)
-    parts = (x[:, :150], x[:, 150:])
-    q = calibrate(RepQQuantizer(4, 12), *parts)
+def _percentile_search(values):
+    """RepQ-ViT's search written out: ``(errors [3], lowers [3], uppers [3])``."""
     errors, lowers, uppers = torch.zeros(3), torch.zeros(3), torch.zeros(3)
-    for part in parts:
-        values = part.reshape(-1)
-        for i, p in enumerate((0.999, 0.9999, 0.99999)):
-            lower, upper = torch.quantile(values, 1 - p), torch.quantile(values, p)
-            scale, zero = qparams_from_bounds(lower, upper, 4)
-            errors[i] += (fake_quantize(values, scale, zero, 4) - values).pow(2).mean()
-            lowers[i] += lower / 2
-            uppers[i] += upper / 2
+    for i, p in enumerate((0.999, 0.9999, 0.99999)):
+        lower, upper = torch.quantile(values, 1 - p), torch.quantile(values, p)
+        scale, zero = qparams_from_bounds(lower, upper, 4)
+        errors[i] = (fake_quantize(values, scale, zero, 4) - values).pow(2).mean()
+        lowers[i], uppers[i] = lower, upper
+    return errors, lowers, uppers
+
+
+def test_several_batches_are_searched_once_together_by_default():
+    x = outlier_tokens(seed=1)
+    q = calibrate(RepQQuantizer(4, 12), x[:, :150], x[:, 150:])
+    errors, lowers, uppers = _percentile_search(x.reshape(-1))
     best = int(errors.argmin())
     close(q.lower[0], lowers[best])
     close(q.upper[0], uppers[best])
+
+
+def test_per_batch_search_sums_the_errors_and_averages_the_winning_bounds():
+    x = outlier_tokens(seed=1)
+    parts = (x[:, :150], x[:, 150:])
+    per_batch = RepQQuantizer(4, 12)
+    per_batch.one_batch = False  # QuantConfig(repq_search='per-batch')
+    q = calibrate(per_batch, *parts)
+    searches = [_percentile_search(part.reshape(-1)) for part in parts]
+    errors = sum(search[0] for search in searches)
+    best = int(errors.argmin())
+    close(q.lower[0], sum(search[1][best] for search in searches) / 2)
+    close(q.upper[0], sum(search[2][best] for search in searches) / 2)
 
 
 def test_bad_input_is_refused():

@@ -67,8 +67,8 @@ def _calibrated(quantizer, batches):
 
 @pytest.mark.parametrize('kind', ['channel', 'softmax'])
 def test_one_batch_searches_once_over_every_batch(kind):
-    """'one-batch': two batches calibrate as their concatenation in one batch does; the
-    default averages per-batch bounds, which differs when the batches differ."""
+    """'one-batch' (the default): two batches calibrate as their concatenation in one
+    batch does; 'per-batch' averages the batches' bounds, which differs when they differ."""
     generator = torch.Generator().manual_seed(2)
     if kind == 'channel':
         batches = [torch.randn(1, 50, 8, generator=generator) * scale for scale in (1.0, 4.0)]
@@ -79,25 +79,32 @@ def test_one_batch_searches_once_over_every_batch(kind):
                    for scale in (1.0, 5.0)]
         build = lambda: LogSqrt2Quantizer(4, name='q')  # noqa: E731
         bounds = lambda q: (q.delta.clone(),)  # noqa: E731
-    one = build()
-    one.one_batch = True
     together = _calibrated(build(), [torch.cat(batches)])
-    for a, b in zip(bounds(_calibrated(one, batches)), bounds(together)):
+    for a, b in zip(bounds(_calibrated(build(), batches)), bounds(together)):
         torch.testing.assert_close(a, b)
-    averaged = bounds(_calibrated(build(), batches))
+    per_batch = build()
+    per_batch.one_batch = False
+    averaged = bounds(_calibrated(per_batch, batches))
     assert not all(torch.allclose(a, b) for a, b in zip(averaged, bounds(together)))
 
 
-def test_one_batch_switch_reaches_repq_quantizers_only():
-    for method, expected in (('repq', True), ('igq', False)):
+@pytest.mark.parametrize('search, expected', [('one-batch', True), ('per-batch', False)])
+def test_repq_search_reaches_repq_quantizers_only(search, expected):
+    for method, flag in (('repq', expected), ('igq', None)):
         model = Net()
-        quantize_model(model, QuantConfig(method=method, repq_published=['one-batch']))
-        flags = {getattr(q, 'one_batch', False) for q in activation_quantizers(model).values()
+        quantize_model(model, QuantConfig(method=method, repq_search=search))
+        flags = {getattr(q, 'one_batch', None) for q in activation_quantizers(model).values()
                  if q.method == method}
-        assert flags == {expected}
+        assert flags == {flag}
 
 
-@pytest.mark.parametrize('value', ['range', ('range', 'order'), ('pad',)])
+@pytest.mark.parametrize('value', ['per-image', 'one_batch', None])
+def test_repq_search_refuses_unknown_values(value):
+    with pytest.raises(ValueError, match=r"repq_search=.*allowed are \('one-batch', 'per-batch'\)"):
+        QuantConfig(method='repq', repq_search=value)
+
+
+@pytest.mark.parametrize('value', ['range', ('range', 'order'), ('pad',), ('one-batch',)])
 def test_unknown_switches_are_refused_by_name(value):
     with pytest.raises(ValueError, match='repq_published=.*allowed are subsets of'):
         QuantConfig(method='repq', repq_published=value)
