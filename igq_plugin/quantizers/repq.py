@@ -115,8 +115,8 @@ class RepQQuantizer(ActivationQuantizer):
 
     def observe(self, x):
         rows = self._rows(self.unfolded(x))
-        if self.one_batch:
-            self._kept.append(rows.detach().float().cpu())
+        if self.one_batch:  # a copy: the model may later change its activations in place
+            self._kept.append(rows.detach().to('cpu', torch.float32, copy=True))
             return
         self._statistics.add(*clipping_candidates(rows, self.bits, self.percentiles,
                                                   self.include_zero))
@@ -206,8 +206,8 @@ class LogSqrt2Quantizer(ActivationQuantizer):
         self._kept: list[torch.Tensor] = []
 
     def observe(self, x):
-        if self.one_batch:
-            self._kept.append(x.detach().reshape(-1).float().cpu())
+        if self.one_batch:  # a copy, as in RepQQuantizer.observe
+            self._kept.append(x.detach().reshape(-1).to('cpu', torch.float32, copy=True))
             return
         self._add_candidates(x.reshape(-1).float().sort().values)
 

@@ -144,3 +144,20 @@ def test_bad_input_is_refused():
         calibrate(q, torch.full((1, 4, 8), float('nan')))
     with pytest.raises(ValueError, match='empty calibration'):
         RepQQuantizer(4, 8).finalize()
+
+
+@pytest.mark.parametrize('kind', ['channel', 'softmax'])
+def test_kept_activations_are_copies(kind):
+    """The one-batch search keeps activations until finalize: a model that later changes
+    them in place (an in-place activation, a residual ``+=``) must not move the bounds."""
+    x = torch.softmax(outlier_tokens(seed=3), -1) if kind == 'softmax' else outlier_tokens(seed=3)
+    build = (lambda: LogSqrt2Quantizer(4, name='q')) if kind == 'softmax' else \
+        (lambda: RepQQuantizer(4, 12, post_norm=True))
+    reference = calibrate(build(), x.clone())
+    quantizer = build()
+    quantizer.mode = QuantMode.CALIBRATE
+    quantizer(x)
+    x.mul_(100.0)
+    quantizer.finalize()
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(dict(quantizer.named_buffers())[name], buffer)
