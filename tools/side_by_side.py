@@ -35,24 +35,30 @@ def load(folder: str) -> dict:
 def load_merged(folders: list[str]) -> dict:
     """The results of several folders of one task, summaries merged (first wins)."""
     merged = load(folders[0])
-    seen = {(r['method'], r['w_bits']) for r in merged['summary']}
+    seen = {row_key(r) for r in merged['summary']}
     for folder in folders[1:]:
         results = load(folder)
         if results['settings']['task'] != merged['settings']['task']:
             raise ValueError(f'{folder} holds {results["settings"]["task"]} results, '
                              f'{folders[0]} {merged["settings"]["task"]} results')
         for row in results['summary']:
-            if (row['method'], row['w_bits']) not in seen:
+            if row_key(row) not in seen:
                 merged['summary'].append(row)
-                seen.add((row['method'], row['w_bits']))
+                seen.add(row_key(row))
     return merged
 
 
-def _row_order(key: tuple[str, int]) -> tuple:
+def row_key(row: dict) -> tuple[str, int, int]:
+    """``(method, w_bits, a_bits)`` of a summary row: one table row per setting (a run
+    with ``--cfg-options model.backbone.quant.w_bits=16`` is not the W4/A4 row)."""
+    return row['method'], row['w_bits'], row.get('a_bits', row['w_bits'])
+
+
+def _row_order(key: tuple[str, int, int]) -> tuple:
     """float first, then by bits, then in the order of ``METHODS``."""
-    method, bits = key
+    method, w_bits, a_bits = key
     order = METHODS.index(method) if method in METHODS else len(METHODS)
-    return (method != 'float', bits, order, method)
+    return (method != 'float', a_bits, w_bits, order, method)
 
 
 def side_by_side(named: dict[str, dict], columns: list[str]) -> str:
@@ -63,16 +69,16 @@ def side_by_side(named: dict[str, dict], columns: list[str]) -> str:
     task = TASKS[tasks.pop()]
     metrics = columns or list(task.metrics)
     digits = significant_digits(task.metric_range)
-    keys = sorted(dict.fromkeys((r['method'], r['w_bits']) for results in named.values()
+    keys = sorted(dict.fromkeys(row_key(r) for results in named.values()
                                 for r in results['summary']), key=_row_order)
     header = ['method', 'bits'] + [f'{label} {column}' for label in named
                                    for column in (*metrics, 'kl')]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for method, bits in keys:
-        cells = [method, 'float' if method == 'float' else f'W{bits}/A{bits}']
+    for key in keys:
+        method, w_bits, a_bits = key
+        cells = [method, 'float' if method == 'float' else f'W{w_bits}/A{a_bits}']
         for results in named.values():
-            row = next((r for r in results['summary']
-                        if (r['method'], r['w_bits']) == (method, bits)), None)
+            row = next((r for r in results['summary'] if row_key(r) == key), None)
             for column in (*metrics, 'kl'):
                 if row is None:
                     cells.append('')

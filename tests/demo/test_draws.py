@@ -114,6 +114,17 @@ def test_side_by_side_table_of_two_demo_outputs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[3] == '| igq | W4/A4 | 0.620 ± 0.014 | 0.0100 |'
     assert lines[4] == '| igq-reparam | W4/A4 | 0.640 ± 0.014 | 0.0100 |'
+    # a run with other weight bits (activations-only) is its own row, labelled by both widths
+    weights_float = [dict(run('igq', draw, 0.7), w_bits=16) for draw in (0, 1)]
+    (tmp_path / 'a-only').mkdir()
+    (tmp_path / 'a-only' / 'results.json').write_text(json.dumps(dict(
+        settings=dict(task='det'), summary=summarize(weights_float, ['bbox_mAP']),
+        runs=weights_float)))
+    assert tool.main([f'plain={tmp_path / "plain"},{tmp_path / "a-only"}',
+                      '--metrics', 'bbox_mAP']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3:] == ['| igq | W4/A4 | 0.620 ± 0.014 | 0.0100 |',
+                         '| igq | W16/A4 | 0.700 | 0.0100 |']
     assert tool.main([f'x={tmp_path / "missing"}']) == 2
     assert tool.main(['no-label']) == 2
     assert "does not exist" in capsys.readouterr().err
