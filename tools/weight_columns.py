@@ -21,10 +21,12 @@ Per column class (outlier columns ``f_c >= --outlier``, the others) it prints:
         work_dirs/demo/variants/mask-rcnn_pretrained-like.pth
 """
 import argparse
+import os
 import sys
 
 import torch
 
+from igq_plugin.quant.primitives import dequantize, quantize
 from igq_plugin.quantizers import search_weight_qparams
 
 
@@ -61,12 +63,11 @@ def column_statistics(weight: torch.Tensor, bits: int) -> dict[str, torch.Tensor
         ``error`` ``[C_in]`` (relative error of each column).
     """
     scale, zero_point = search_weight_qparams(weight, bits)
-    codes = torch.clamp(torch.round(weight / scale[:, None]) + zero_point[:, None],
-                        0, 2 ** bits - 1)
-    dequantized = (codes - zero_point[:, None]) * scale[:, None]
-    error = (dequantized - weight).norm(dim=0) / weight.norm(dim=0).clamp_min(1e-30)
-    return dict(zero=codes == zero_point[:, None], ratio=weight.abs() / scale[:, None],
-                error=error)
+    scale, zero_point = scale[:, None], zero_point[:, None]
+    codes = quantize(weight, scale, zero_point, bits)
+    error = ((dequantize(codes, scale, zero_point) - weight).norm(dim=0)
+             / weight.norm(dim=0).clamp_min(1e-30))
+    return dict(zero=codes == zero_point, ratio=weight.abs() / scale, error=error)
 
 
 def summarize(plain: dict, variant: dict, bits: int, outlier: float) -> list[dict]:
@@ -103,6 +104,10 @@ def main(argv=None) -> int:
     parser.add_argument('--outlier', type=float, default=10.0,
                         help='columns with a factor at least this are the outlier class')
     args = parser.parse_args(argv)
+    for path in (args.plain, args.variant):
+        if not os.path.isfile(path):
+            print(f'error: checkpoint {path!r} does not exist', file=sys.stderr)
+            return 2
     try:
         rows = summarize(load_state(args.plain), load_state(args.variant), args.bits,
                          args.outlier)

@@ -61,3 +61,11 @@ def test_a_checkpoint_that_is_not_a_variant_is_refused(tmp_path, capsys):
     plain, _, _ = checkpoints(tmp_path, OutlierProfile())
     assert tool.main([plain, plain]) == 2
     assert 'no Linear of the second checkpoint has rescaled columns' in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_named(tmp_path, capsys):
+    tool = load_tool('weight_columns')
+    plain, _, _ = checkpoints(tmp_path, OutlierProfile())
+    missing = str(tmp_path / 'nowhere.pth')
+    assert tool.main([plain, missing]) == 2
+    assert f'checkpoint {missing!r} does not exist' in capsys.readouterr().err
